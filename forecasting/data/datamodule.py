@@ -1,0 +1,337 @@
+"""From a price file to scaled, leak-free batches of windows.
+
+file -> validated frame (io.py) -> features and targets (features.py)
+     -> split by the date of each sample's TARGET -> scaler fitted on training rows only
+     -> one contiguous tensor -> zero-copy windows (windows.py) -> batches
+
+A sample is the window of `window` days ending at day t; its target is the
+`horizon` values of `target` on days t+1..t+h. It belongs to the split that
+holds all its target days (samples whose targets straddle a boundary are
+dropped), so no validation or test target is ever a training target. Its
+inputs may look back into earlier splits, as they would in live use.
+"""
+
+import warnings
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
+from torch.utils.data import DataLoader
+
+from forecasting.data import features as F
+from forecasting.data.io import read_prices, where
+from forecasting.data.windows import WindowDataset, keep_batch, valid_ends
+from forecasting.errors import ForecastingError
+
+SCALERS = {"standard": StandardScaler, "robust": RobustScaler, "minmax": MinMaxScaler, "none": None}
+STAGES = ("train", "val", "test")
+
+
+def fit_scaler(name: str, values: np.ndarray, labels: list[str], where: str) -> tuple[list[float], list[float]]:
+    """Fit scaler `name` per column, ignoring NaN; return it as (center, scale) lists.
+
+    Every scaler is stored as x_scaled = (x - center) / scale, plain floats, so a
+    checkpoint carries it and loads with torch.load(weights_only=True).
+    """
+    if len(values) == 0 or np.isnan(values).all(axis=0).any():
+        raise ForecastingError(f"{where}: no training rows to fit the scaler; move data.val_start later")
+    spread = np.nanmax(values, axis=0) - np.nanmin(values, axis=0)
+    if (spread == 0).any():
+        label = labels[int(np.flatnonzero(spread == 0)[0])]
+        raise ForecastingError(
+            f"{where}: '{label}' is constant on the training rows (zero variance); "
+            "drop it from data.features or check the file"
+        )
+    if SCALERS[name] is None:
+        return [0.0] * values.shape[1], [1.0] * values.shape[1]
+    scaler = SCALERS[name]().fit(values)
+    if name == "standard":
+        center, scale = scaler.mean_, scaler.scale_
+    elif name == "robust":
+        center, scale = scaler.center_, scaler.scale_
+    else:  # minmax: x * scale_ + min_  ==  (x - (-min_ / scale_)) / (1 / scale_)
+        center, scale = -scaler.min_ / scaler.scale_, 1 / scaler.scale_
+    return [float(v) for v in center], [float(v) for v in scale]
+
+
+class PriceDataModule(L.LightningDataModule):
+    """Daily prices of one or many tickers in long format (one row per ticker and date).
+
+    Example: python -m forecasting fit --config configs/volatility.yaml
+    """
+
+    def __init__(
+        self,
+        path: str = "data/stocks.csv",
+        time_column: str = "date",
+        ticker_column: str | None = "ticker",
+        columns: dict[str, str] | None = None,
+        adjust_column: str | None = None,
+        date_format: str | None = None,
+        tickers: list[str] | None = None,
+        features: tuple[str, ...] = ("log_return", "gk_log_var", "log_volume_change"),
+        target: str = "gk_log_var",
+        horizon: int = 1,
+        window: int = 64,
+        val_start: str | float = 0.7,
+        test_start: str | float = 0.85,
+        scaler: str = "standard",
+        scale_per_ticker: bool = False,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        dense_targets: bool = False,
+        predict_path: str | None = None,
+    ):
+        super().__init__()
+        features = list(features)
+        if columns is None:
+            columns = {c: c for c in F.required_columns([*features, target])}
+        for name in [*features, target]:
+            if name not in F.TRANSFORMS and name not in columns:
+                raise ForecastingError(
+                    f"data.features/data.target: unknown transform '{name}'; use one of "
+                    f"{sorted(F.TRANSFORMS)} or a column named in data.columns"
+                )
+        missing = [c for c in F.required_columns([*features, target]) if c not in columns]
+        if missing:
+            raise ForecastingError(f"data.columns: add {missing}, the file columns that {features + [target]} need")
+        if not features:
+            raise ForecastingError("data.features: give at least one feature")
+        for key, value in {"window": window, "horizon": horizon, "batch_size": batch_size}.items():
+            if not isinstance(value, int) or value < 1:
+                raise ForecastingError(f"data.{key}: must be a positive integer, got {value!r}")
+        if scaler not in SCALERS:
+            raise ForecastingError(f"data.scaler: unknown scaler '{scaler}'; use one of {list(SCALERS)}")
+        for key, value in {"val_start": val_start, "test_start": test_start}.items():
+            if isinstance(value, float) and not 0 < value < 1:
+                raise ForecastingError(f"data.{key}: a fraction must lie in (0, 1), got {value}")
+        if isinstance(val_start, float) and isinstance(test_start, float) and val_start >= test_start:
+            raise ForecastingError(f"data.val_start ({val_start}) must come before data.test_start ({test_start})")
+        self.save_hyperparameters()
+        self.path, self.time_column, self.ticker_column = path, time_column, ticker_column
+        self.columns, self.adjust_column, self.date_format = dict(columns), adjust_column, date_format
+        self.tickers, self.features, self.target = tickers, features, target
+        self.horizon, self.window, self.val_start, self.test_start = horizon, window, val_start, test_start
+        self.scaler, self.scale_per_ticker = scaler, scale_per_ticker
+        self.batch_size, self.num_workers, self.dense_targets = batch_size, num_workers, dense_targets
+        self.predict_path = predict_path
+        self.stats: dict | None = None  # fitted scaler; restored from a checkpoint by load_state_dict
+        self.frames: dict[str, pd.DataFrame] = {}  # "fit" / "predict": validated rows with features
+        self._datasets: dict[str, WindowDataset] = {}
+
+    # Sizes the CLI links into the model (cli.py): known without reading any file.
+    @property
+    def n_features(self) -> int:
+        return len(self.features)
+
+    @property
+    def target_names(self) -> list[str]:
+        return [f"{self.target}_t+{h}" for h in range(1, self.horizon + 1)]
+
+    # ---------------------------------------------------------------- reading
+    def load(self, path: str) -> pd.DataFrame:
+        """Validated rows of `path` with feature columns, per-row targets and split labels."""
+        frame = read_prices(
+            path, self.time_column, self.ticker_column, self.columns, self.adjust_column, self.date_format
+        )
+        if self.tickers is not None:
+            unknown = sorted(set(self.tickers) - set(frame["ticker"]))
+            if unknown:
+                raise ForecastingError(f"{path}: data.tickers names {unknown}, not in the file's '{self.ticker_column}'")
+            frame = frame[frame["ticker"].isin(self.tickers)].reset_index(drop=True)
+        keep = []
+        for ticker, rows in frame.groupby("ticker", sort=False):
+            if len(rows) < self.window + self.horizon:
+                warnings.warn(
+                    f"{path}: ticker '{ticker}' has {len(rows)} rows, fewer than data.window + data.horizon "
+                    f"= {self.window + self.horizon}; skipping it",
+                    stacklevel=2,
+                )
+            else:
+                keep.append(rows)
+        if not keep:
+            raise ForecastingError(
+                f"{path}: no ticker has data.window + data.horizon = {self.window + self.horizon} rows; "
+                "use a smaller window or a longer file"
+            )
+        frame = pd.concat(keep, ignore_index=True)
+        for ticker, rows in frame.groupby("ticker", sort=False):
+            index = rows.index.to_numpy()
+            for name in dict.fromkeys([*self.features, self.target]):
+                values = F.compute(rows, name)
+                bad = ~np.isfinite(values[F.warmup(name) :])
+                if bad.any():
+                    i = index[F.warmup(name) + int(np.flatnonzero(bad)[0])]
+                    raise ForecastingError(
+                        f"{path}: {where(Path(path), int(frame['line'].iat[i]))}: transform '{name}' is not finite for "
+                        f"ticker '{ticker}' on {frame['time'].iat[i].date()} (a zero price or volume?); fix the row"
+                    )
+                frame.loc[index, f"f:{name}"] = values
+        return frame
+
+    def split_dates(self, times: pd.Series) -> tuple[pd.Timestamp, pd.Timestamp]:
+        dates = np.sort(times.unique())
+
+        def resolve(value, key):
+            if isinstance(value, float):
+                return pd.Timestamp(dates[int(value * (len(dates) - 1))])
+            try:
+                return pd.Timestamp(value)
+            except ValueError:
+                raise ForecastingError(f"data.{key}: cannot parse date {value!r}; use YYYY-MM-DD or a fraction") from None
+
+        val, test = resolve(self.val_start, "val_start"), resolve(self.test_start, "test_start")
+        if val >= test:
+            raise ForecastingError(f"data.val_start ({val.date()}) must come before data.test_start ({test.date()})")
+        return val, test
+
+    def setup(self, stage: str) -> None:
+        which = "predict" if stage == "predict" and self.predict_path else "fit"
+        if which in self.frames:
+            return
+        self.frames[which] = self.load(self.predict_path if which == "predict" else self.path)
+        if which == "fit":
+            frame = self.frames["fit"]
+            val, test = self.split_dates(frame["time"])
+            if self.stats is None:
+                self.stats = self.fit_stats(frame, val, test)
+
+    def fit_stats(self, frame: pd.DataFrame, val: pd.Timestamp, test: pd.Timestamp) -> dict:
+        train = frame[frame["time"] < val]
+        groups = train.groupby("ticker", sort=False) if self.scale_per_ticker else [("*", train)]
+        stats = {"tickers": [], "center": [], "scale": [], "target_center": [], "target_scale": []}
+        for ticker, rows in groups:
+            where = f"{self.path} (ticker '{ticker}', rows before {val.date()})"
+            cols = [f"f:{n}" for n in self.features]
+            center, scale = fit_scaler(self.scaler, rows[cols].to_numpy(), self.features, where)
+            t_center, t_scale = fit_scaler(self.scaler, rows[[f"f:{self.target}"]].to_numpy(), [self.target], where)
+            stats["tickers"].append(ticker)
+            stats["center"].append(center)
+            stats["scale"].append(scale)
+            stats["target_center"].append(t_center[0])
+            stats["target_scale"].append(t_scale[0])
+        stats.update(
+            features=list(self.features), target=self.target, horizon=self.horizon, scaler=self.scaler,
+            val_start=str(val.date()), test_start=str(test.date()),
+        )  # fmt: skip
+        return stats
+
+    # ---------------------------------------------------------------- tensors
+    def tensors(self, frame: pd.DataFrame):
+        """Scaled (rows, F) inputs, (rows, H) targets, per-row target loc/scale, row of each ticker's id."""
+        if self.stats is None:
+            raise ForecastingError("predict on data.predict_path needs a trained model: pass --ckpt_path")
+        if self.stats["features"] != self.features or self.stats["target"] != self.target:
+            raise ForecastingError(
+                f"the checkpoint was trained on features {self.stats['features']} and target "
+                f"'{self.stats['target']}', but data.features={self.features}, data.target='{self.target}'"
+            )
+        if self.stats["tickers"] == ["*"]:
+            group = np.zeros(len(frame), dtype=np.int64)
+        else:
+            known = {t: i for i, t in enumerate(self.stats["tickers"])}
+            unknown = sorted(set(frame["ticker"]) - set(known))
+            if unknown:
+                raise ForecastingError(f"tickers {unknown} were not in training; scale_per_ticker needs known tickers")
+            group = frame["ticker"].map(known).to_numpy()
+        center, scale = np.asarray(self.stats["center"])[group], np.asarray(self.stats["scale"])[group]
+        x = (frame[[f"f:{n}" for n in self.features]].to_numpy() - center) / scale
+        t_loc = np.asarray(self.stats["target_center"])[group]
+        t_scale = np.asarray(self.stats["target_scale"])[group]
+        series = pd.factorize(frame["ticker"])[0]
+        raw = frame[f"f:{self.target}"].to_numpy()
+        y = np.full((len(frame), self.horizon), np.nan)
+        for h in range(1, self.horizon + 1):
+            same = np.zeros(len(frame), dtype=bool)
+            same[:-h] = series[h:] == series[:-h]
+            y[:-h, h - 1] = np.where(same[:-h], raw[h:], np.nan)
+        y = (y - t_loc[:, None]) / t_scale[:, None]
+
+        def f32(a):
+            return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+        return f32(x), f32(y), f32(t_loc), f32(t_scale), torch.from_numpy(series)
+
+    def target_times(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Date of the first and last target day of the sample ending on each row (NaT if none)."""
+        series = pd.factorize(frame["ticker"])[0]
+        times = frame["time"].to_numpy()
+        first = np.full(len(frame), np.datetime64("NaT"), dtype=times.dtype)
+        last = first.copy()
+        h = self.horizon
+        first[:-1] = np.where(series[1:] == series[:-1], times[1:], first[:-1])
+        if len(frame) > h:
+            last[:-h] = np.where(series[h:] == series[:-h], times[h:], last[:-h])
+        return first, last
+
+    def dataset(self, stage: str) -> WindowDataset:
+        if stage in self._datasets:
+            return self._datasets[stage]
+        which = "predict" if stage == "predict" and self.predict_path else "fit"
+        if which not in self.frames:
+            self.setup(stage)
+        frame = self.frames[which]
+        x, y, t_loc, t_scale, series = self.tensors(frame)
+        ends = valid_ends(series, torch.isnan(x).any(1), self.window)
+        if stage != "predict":
+            first, last = self.target_times(frame)
+            val, test = (np.datetime64(pd.Timestamp(d)) for d in (self.stats["val_start"], self.stats["test_start"]))
+            lo, hi = {"train": (None, val), "val": (val, test), "test": (test, None)}[stage]
+            keep = ~np.isnat(last) & ~np.isnan(y.numpy()).any(1)
+            if lo is not None:
+                keep &= first >= lo
+            if hi is not None:
+                keep &= last < hi
+            ends = ends[torch.from_numpy(keep[ends.numpy()])]
+            if len(ends) == 0:
+                raise ForecastingError(
+                    f"{self.path}: the {stage} split has no windows (split dates {self.stats['val_start']} / "
+                    f"{self.stats['test_start']}, window {self.window}); move data.val_start/data.test_start"
+                )
+        dense = self.dense_targets and stage == "train"
+        self._datasets[stage] = WindowDataset(x, y, t_loc, t_scale, ends, self.window, dense=dense)
+        return self._datasets[stage]
+
+    def loader(self, stage: str) -> DataLoader:
+        return DataLoader(
+            self.dataset(stage),
+            batch_size=self.batch_size,
+            shuffle=stage == "train",
+            collate_fn=keep_batch,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self):
+        return self.loader("train")
+
+    def val_dataloader(self):
+        return self.loader("val")
+
+    def test_dataloader(self):
+        return self.loader("test")
+
+    def predict_dataloader(self):
+        return self.loader("predict")
+
+    def describe_rows(self, rows: torch.Tensor, stage: str = "predict") -> pd.DataFrame:
+        """Date and ticker of the window ending at each row index (for writing forecasts)."""
+        which = "predict" if stage == "predict" and self.predict_path else "fit"
+        frame = self.frames[which].iloc[rows.numpy()]
+        return pd.DataFrame({"date": frame["time"].dt.date.to_numpy(), "ticker": frame["ticker"].to_numpy()})
+
+    # ---------------------------------------------------------------- checkpoint state
+    def state_dict(self) -> dict:
+        return dict(self.stats) if self.stats is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            if state.get("horizon", self.horizon) != self.horizon:
+                raise ForecastingError(
+                    f"the checkpoint was trained with horizon {state['horizon']}, but data.horizon={self.horizon}"
+                )
+            self.stats = dict(state)
+            self._datasets.clear()  # rebuild with the checkpoint's scaling

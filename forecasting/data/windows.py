@@ -1,0 +1,64 @@
+"""Zero-copy sliding windows over one contiguous tensor holding every series.
+
+All tickers are stacked row-wise into one (rows, features) float32 tensor. A
+window is a strided view of it (no copy); a batch is gathered from that view in
+one indexing call. Memory stays O(rows x features), never O(rows x window).
+"""
+
+import torch
+from torch.utils.data import Dataset
+
+
+def window_view(values: torch.Tensor, window: int) -> torch.Tensor:
+    """(rows, F) -> (rows - window + 1, window, F) view; view[s] covers rows s..s+window-1."""
+    return values.unfold(0, window, 1).transpose(1, 2)
+
+
+def valid_ends(series_id: torch.Tensor, bad: torch.Tensor, window: int) -> torch.Tensor:
+    """Row indices e whose window e-window+1..e stays in one series and holds no bad row."""
+    n = len(series_id)
+    if n < window:
+        return torch.empty(0, dtype=torch.long)
+    ends = torch.arange(window - 1, n)
+    bad_count = torch.cat([torch.zeros(1, dtype=torch.long), bad.long().cumsum(0)])
+    clean = bad_count[ends + 1] - bad_count[ends + 1 - window] == 0
+    same = series_id[ends] == series_id[ends + 1 - window]
+    return ends[clean & same]
+
+
+class WindowDataset(Dataset):
+    """Windows ending at `ends`; `__getitems__` fetches a whole batch in one gather.
+
+    features: (rows, F) scaled inputs.  targets: (rows, H) scaled targets, row t
+    holding the H values after day t (NaN where unknown).  target_loc/scale: (rows,)
+    undo the target scaling.  With `dense=True` a sample carries the target of
+    every step of its window (for losses over all steps), else of its last step.
+    """
+
+    def __init__(self, features, targets, target_loc, target_scale, ends, window: int, dense: bool = False):
+        self.x = window_view(features, window)
+        self.y = window_view(targets, window) if dense else targets
+        self.target_loc, self.target_scale = target_loc, target_scale
+        self.ends, self.window, self.dense = ends, window, dense
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def __getitems__(self, indices) -> dict[str, torch.Tensor]:
+        end = self.ends[torch.as_tensor(indices, dtype=torch.long)]
+        start = end - (self.window - 1)
+        return {
+            "x": self.x[start],
+            "y": self.y[start] if self.dense else self.y[end],
+            "y_loc": self.target_loc[end, None],
+            "y_scale": self.target_scale[end, None],
+            "row": end,
+        }
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([index]).items()}
+
+
+def keep_batch(batch):
+    """collate_fn for `WindowDataset`: `__getitems__` already returns a batch."""
+    return batch
