@@ -1,0 +1,72 @@
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from forecasting.cli import ForecastingCLI, main
+from forecasting.data.datamodule import PriceDataModule
+from forecasting.models.forecaster import Forecaster
+from tests.conftest import ROOT
+
+CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if p.name != "debug.yaml")
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_every_config_parses_and_links_sizes(config, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["forecasting"])
+    cli = ForecastingCLI(
+        Forecaster, PriceDataModule, subclass_mode_data=True, run=False,
+        args=["--config", str(config), "--config", str(ROOT / "configs/debug.yaml")],
+    )  # fmt: skip
+    assert cli.model.hparams.n_features == len(cli.datamodule.features)
+    assert cli.model.hparams.horizon == cli.datamodule.horizon
+    assert cli.trainer.max_epochs == 1
+
+
+def test_fit_writes_logs_config_checkpoint_and_predict_writes_forecasts(cli_args, tmp_path, prices):
+    main(cli_args("fit"))
+    run = tmp_path / "logs" / "volatility" / "version_0"
+    assert (run / "config.yaml").is_file()
+    events = EventAccumulator(str(run)).Reload()
+    assert {"train/loss_step", "val/loss", "val/mae_orig", "val/rmse"} <= set(events.Tags()["scalars"])
+    last = run / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)  # no pickled objects: plain state only
+    assert ckpt["PriceDataModule"]["features"] == ["log_return", "gk_log_var", "log_volume_change"]
+
+    out = tmp_path / "forecasts.csv"
+    main(cli_args(
+        "predict", "configs/volatility.yaml", "--ckpt_path", str(last),
+        "--prediction_writer.output", str(out), "--trainer.limit_predict_batches", "1.0",
+    ))  # fmt: skip
+    forecasts = pd.read_csv(out)
+    assert list(forecasts.columns) == ["date", "ticker", "h", "target", "forecast", "actual"]
+    known = forecasts.dropna()
+    # original units: log daily variance of a ~1% daily volatility is about -9, not ~0 as when scaled
+    assert known.actual.between(-16, -4).all() and known.forecast.between(-16, -4).all()
+    assert set(forecasts.ticker) == {"AAA", "BBB"}
+
+
+def test_validate_and_test_subcommands_log_metrics(cli_args, tmp_path):
+    main(cli_args("fit"))
+    last = tmp_path / "logs" / "volatility" / "version_0" / "checkpoints" / "last.ckpt"
+    cli = main(cli_args("test", "configs/volatility.yaml", "--ckpt_path", str(last)))
+    metrics = cli.trainer.callback_metrics
+    assert {"test/loss", "test/mae", "test/rmse", "test/mae_orig", "test/rmse_orig"} <= set(metrics)
+    assert 0 < float(metrics["test/rmse"]) < 5
+
+
+def test_predict_on_a_new_file_uses_the_training_scaler(cli_args, tmp_path, prices):
+    main(cli_args("fit"))
+    last = tmp_path / "logs" / "volatility" / "version_0" / "checkpoints" / "last.ckpt"
+    new = tmp_path / "new.csv"
+    prices[prices.ticker == "BBB"].tail(40).to_csv(new, index=False)
+    out = tmp_path / "new_forecasts.csv"
+    main(cli_args(
+        "predict", "configs/volatility.yaml", "--ckpt_path", str(last),
+        "--data.init_args.predict_path", str(new), "--prediction_writer.output", str(out),
+    ))  # fmt: skip
+    forecasts = pd.read_csv(out)
+    assert len(forecasts) == 40 - 16 + 1 - 1  # one per window; the first row has no log return
+    assert forecasts.actual.isna().sum() == 1  # the latest forecast has no actual yet

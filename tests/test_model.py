@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from forecasting.errors import ForecastingError
+from forecasting.models.forecaster import Forecaster
+from forecasting.models.lstm import StackedRNN
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_output_at_every_step_and_state_round_trip(cell):
+    net = StackedRNN(n_features=3, horizon=2, hidden_size=8, num_layers=2, cell=cell)
+    x = torch.randn(5, 12, 3)
+    out, state = net(x)
+    assert out.shape == (5, 12, 2)
+    # feeding the state back: two halves give the same outputs as the whole (what truncated BPTT relies on)
+    net.eval()
+    whole, _ = net(x)
+    first, mid = net(x[:, :6])
+    second, _ = net(x[:, 6:], mid)
+    torch.testing.assert_close(torch.cat([first, second], 1), whole)
+
+
+def test_orthogonal_init_and_forget_bias():
+    net = StackedRNN(n_features=3, hidden_size=16, num_layers=2, init="orthogonal", forget_bias=1.0)
+    for layer in range(2):
+        w_hh = getattr(net.rnn, f"weight_hh_l{layer}")
+        for block in w_hh.detach().split(16):  # one square block per gate
+            torch.testing.assert_close(block @ block.T, torch.eye(16), atol=1e-5, rtol=0)
+        b_ih = getattr(net.rnn, f"bias_ih_l{layer}").detach()
+        assert torch.all(b_ih[16:32] == 1.0) and torch.all(b_ih[:16] == 0) and torch.all(b_ih[32:] == 0)
+        assert torch.all(getattr(net.rnn, f"bias_hh_l{layer}") == 0)
+    default = StackedRNN(n_features=3, hidden_size=16, init="pytorch")
+    block = default.rnn.weight_hh_l0.detach()[:16]
+    assert (block @ block.T - torch.eye(16)).abs().max() > 0.5  # PyTorch's uniform init is not orthogonal
+
+
+def test_overfits_one_small_batch():
+    torch.manual_seed(0)
+    model = Forecaster(n_features=3, horizon=1, hidden_size=32, num_layers=2, dropout=0.0)
+    x, y = torch.randn(16, 20, 3), torch.randn(16, 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(150):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < first / 10
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"dropout": 1.5}, "model.dropout"),
+        ({"cell": "transformer"}, "model.cell"),
+        ({"init": "he"}, "model.init"),
+        ({"loss": "mape"}, "model.loss"),
+        ({"hidden_size": 0}, "model.hidden_size"),
+    ],
+)
+def test_bad_model_config_names_the_key(kwargs, key):
+    with pytest.raises(ForecastingError, match=key):
+        Forecaster(**kwargs)
