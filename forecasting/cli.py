@@ -9,6 +9,7 @@ A LightningCLI that
   line and exits with status 2, without a traceback.
 """
 
+import importlib
 import sys
 
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
@@ -40,6 +41,15 @@ class ForecastingCLI(LightningCLI):
                 "lr_monitor.logging_interval": "epoch",
             }
         )
+
+    def before_instantiate_classes(self) -> None:
+        # jsonargparse turns an error raised while building a class chosen by class_path into a
+        # multi-line ValueError. Build the data module once here (no I/O in __init__, so cheap)
+        # so a bad data.* value reaches main() as the one-line ForecastingError it is.
+        data = (self.config[self.subcommand] if self.subcommand else self.config).get("data")
+        if data is not None and data.get("class_path"):
+            module, name = data.class_path.rsplit(".", 1)
+            getattr(importlib.import_module(module), name)(**data.init_args.as_dict())
 
 
 def main(args: list[str] | None = None) -> ForecastingCLI:

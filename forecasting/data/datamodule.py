@@ -87,14 +87,14 @@ class PriceDataModule(L.LightningDataModule):
     ):
         super().__init__()
         features = list(features)
-        if columns is None:
-            columns = {c: c for c in F.required_columns([*features, target])}
         for name in [*features, target]:
-            if name not in F.TRANSFORMS and name not in columns:
+            if name not in F.TRANSFORMS and name not in (columns or {}):
                 raise ForecastingError(
                     f"data.features/data.target: unknown transform '{name}'; use one of "
                     f"{sorted(F.TRANSFORMS)} or a column named in data.columns"
                 )
+        if columns is None:
+            columns = {c: c for c in F.required_columns([*features, target])}
         missing = [c for c in F.required_columns([*features, target]) if c not in columns]
         if missing:
             raise ForecastingError(f"data.columns: add {missing}, the file columns that {features + [target]} need")
@@ -187,6 +187,16 @@ class PriceDataModule(L.LightningDataModule):
         if val >= test:
             raise ForecastingError(f"data.val_start ({val.date()}) must come before data.test_start ({test.date()})")
         return val, test
+
+    def prepare_data(self) -> None:
+        """Read and check everything the run will need, so a bad file or an empty split stops it
+        before any logger writes to the log dir (Lightning calls this before loggers start)."""
+        stage = self.trainer.state.fn.value if self.trainer is not None else None
+        if stage is None:
+            return
+        self.setup(stage)
+        for split in {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ()):
+            self.dataset(split)
 
     def setup(self, stage: str) -> None:
         which = "predict" if stage == "predict" and self.predict_path else "fit"

@@ -29,7 +29,8 @@ def read_frame(path: str | Path) -> pd.DataFrame:
         if suffix in PARQUET_SUFFIXES:
             frame = pd.read_parquet(path)
         elif suffix in CSV_SUFFIXES:
-            frame = pd.read_csv(path, encoding="utf-8")
+            # No NaN guessing: an empty or "n/a" cell stays text and is reported with its line.
+            frame = pd.read_csv(path, encoding="utf-8", keep_default_na=False)
         else:
             raise ForecastingError(f"{path}: unknown file type '{suffix}'; use .csv or .parquet")
     except pd.errors.EmptyDataError:
@@ -77,7 +78,7 @@ def parse_numbers(values: pd.Series, column: str, path: Path) -> np.ndarray:
     if len(bad):
         i = int(bad[0])
         raise ForecastingError(
-            f"{path}: {where(path, i)}, column '{column}': value {values.iloc[i]!r} is not a finite number; "
+            f"{path}: {where(path, i)}, column '{column}': value '{values.iloc[i]}' is not a finite number; "
             "fix or remove the row"
         )
     return numbers
