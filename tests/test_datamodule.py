@@ -108,7 +108,9 @@ def test_adjust_column_removes_split_spikes(tmp_path, prices):
     r_spiky = spiky.frames["fit"]["f:log_return"].abs().max()
     r_adj = adjusted.frames["fit"]["f:log_return"].abs().max()
     assert r_spiky > np.log(2) - 0.1 and r_adj < 0.2
-    np.testing.assert_allclose(adjusted.frames["fit"]["close"].to_numpy(), prices.sort_values(["ticker", "date"]).close.to_numpy(), rtol=1e-9)
+    np.testing.assert_allclose(
+        adjusted.frames["fit"]["close"].to_numpy(), prices.sort_values(["ticker", "date"]).close.to_numpy(), rtol=1e-9
+    )
 
 
 def test_parquet_and_single_series_without_ticker(tmp_path, prices):
@@ -146,6 +148,8 @@ def test_custom_transform_registers_by_name(prices_csv):
 
     try:
         dm = ready(prices_csv, features=["log_close_test"], target="log_return")
-        assert dm.n_features == 1 and dm.frames["fit"]["f:log_close_test"].iloc[0] == pytest.approx(np.log(50.0), rel=0.1)
+        assert dm.n_features == 1 and dm.frames["fit"]["f:log_close_test"].iloc[0] == pytest.approx(
+            np.log(50.0), rel=0.1
+        )
     finally:
         del F.TRANSFORMS["log_close_test"]

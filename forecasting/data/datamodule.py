@@ -140,7 +140,9 @@ class PriceDataModule(L.LightningDataModule):
         if self.tickers is not None:
             unknown = sorted(set(self.tickers) - set(frame["ticker"]))
             if unknown:
-                raise ForecastingError(f"{path}: data.tickers names {unknown}, not in the file's '{self.ticker_column}'")
+                raise ForecastingError(
+                    f"{path}: data.tickers names {unknown}, not in the file's '{self.ticker_column}'"
+                )
             frame = frame[frame["ticker"].isin(self.tickers)].reset_index(drop=True)
         keep = []
         for ticker, rows in frame.groupby("ticker", sort=False):
@@ -181,7 +183,9 @@ class PriceDataModule(L.LightningDataModule):
             try:
                 return pd.Timestamp(value)
             except ValueError:
-                raise ForecastingError(f"data.{key}: cannot parse date {value!r}; use YYYY-MM-DD or a fraction") from None
+                raise ForecastingError(
+                    f"data.{key}: cannot parse date {value!r}; use YYYY-MM-DD or a fraction"
+                ) from None
 
         val, test = resolve(self.val_start, "val_start"), resolve(self.test_start, "test_start")
         if val >= test:

@@ -39,7 +39,9 @@ def read_frame(path: str | Path) -> pd.DataFrame:
         if isinstance(err, ForecastingError):
             raise
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ForecastingError(f"{path}: cannot be read as {suffix[1:]} ({first}); is it a UTF-8 CSV or a Parquet file?") from None
+        raise ForecastingError(
+            f"{path}: cannot be read as {suffix[1:]} ({first}); is it a UTF-8 CSV or a Parquet file?"
+        ) from None
     if len(frame) == 0:
         raise ForecastingError(f"{path}: has a header but no rows")
     return frame

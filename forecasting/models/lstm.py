@@ -27,7 +27,9 @@ class StackedRNN(nn.Module):
         super().__init__()
         self.cell = cell
         # nn.LSTM applies dropout between layers only; with one layer it would only warn.
-        self.rnn = CELLS[cell](n_features, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0)
+        self.rnn = CELLS[cell](
+            n_features, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0
+        )
         self.head = nn.Linear(hidden_size, horizon)
         self.reset_parameters(init, forget_bias)
 
