@@ -11,9 +11,11 @@ A LightningCLI that
 
 import importlib
 import sys
+from pathlib import Path
 
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 from forecasting.callbacks.prediction_writer import PredictionWriter
 from forecasting.data.datamodule import PriceDataModule
@@ -25,6 +27,12 @@ class ForecastingCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.n_features", "model.n_features", apply_on="instantiate")
         parser.link_arguments("data.horizon", "model.horizon", apply_on="instantiate")
+        # Dense loss and truncated BPTT need a target at every step of a training window.
+        parser.link_arguments(
+            ("model.dense_loss", "model.tbptt_steps"),
+            "data.init_args.dense_targets",
+            compute_fn=lambda dense_loss, tbptt_steps: dense_loss or tbptt_steps is not None,
+        )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
@@ -46,10 +54,52 @@ class ForecastingCLI(LightningCLI):
         # jsonargparse turns an error raised while building a class chosen by class_path into a
         # multi-line ValueError. Build the data module once here (no I/O in __init__, so cheap)
         # so a bad data.* value reaches main() as the one-line ForecastingError it is.
-        data = (self.config[self.subcommand] if self.subcommand else self.config).get("data")
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        check_clipping(config)
+        if self.subcommand == "fit" and config.get("ckpt_path") == "last":
+            resume_last(config)
+        data = config.get("data")
         if data is not None and data.get("class_path"):
             module, name = data.class_path.rsplit(".", 1)
             getattr(importlib.import_module(module), name)(**data.init_args.as_dict())
+
+
+def resume_last(config) -> None:
+    """`fit --ckpt_path last`: Lightning looks for last.ckpt only in the NEW run's folder
+    (a fresh logger version), finds nothing and starts over. Resume the newest
+    <save_dir>/<name>/version_N/checkpoints/last.ckpt instead, logging into that same version."""
+    logger = config.trainer.get("logger")
+    init = logger.get("init_args") if hasattr(logger, "get") else None
+    if init is None or init.get("save_dir") is None:
+        return
+    runs = Path(init["save_dir"]) / (init.get("name") or "lightning_logs")
+    found = sorted(runs.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if found:
+        config.ckpt_path = str(found[-1])
+        init["version"] = found[-1].parent.parent.name
+        rank_zero_info(f"resuming from {found[-1]}")
+
+
+def check_clipping(config) -> None:
+    """One way to clip in both modes: model.gradient_clip_val. Lightning refuses
+    trainer.gradient_clip_val under manual optimisation (truncated BPTT) with a message
+    that does not say what to use instead, and clipping in both places clips twice."""
+    tbptt = config.model.get("tbptt_steps") is not None
+    if tbptt and config.trainer.get("accumulate_grad_batches", 1) != 1:
+        raise ForecastingError("trainer.accumulate_grad_batches must be 1 with truncated BPTT (model.tbptt_steps)")
+    trainer_clip = config.trainer.get("gradient_clip_val")
+    if trainer_clip is None:
+        return
+    if tbptt:
+        raise ForecastingError(
+            f"trainer.gradient_clip_val ({trainer_clip}) cannot be used with truncated BPTT "
+            "(model.tbptt_steps): set model.gradient_clip_val and model.gradient_clip_algorithm instead"
+        )
+    if config.model.get("gradient_clip_val") is not None:
+        raise ForecastingError(
+            f"both trainer.gradient_clip_val ({trainer_clip}) and model.gradient_clip_val are set: "
+            "clip once, with model.gradient_clip_val (it works with full and truncated BPTT)"
+        )
 
 
 def main(args: list[str] | None = None) -> ForecastingCLI:

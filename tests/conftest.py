@@ -65,10 +65,11 @@ def cli_args(tmp_path, prices_csv, monkeypatch):
     """Arguments for a one-epoch CLI run on the tiny file, writing only under tmp_path."""
     monkeypatch.setattr("sys.argv", ["forecasting"])  # LightningCLI warns if pytest's own args are there
 
-    def args(subcommand: str = "fit", config: str = "configs/volatility.yaml", *extra: str) -> list[str]:
+    def args(subcommand: str = "fit", config: str = "configs/volatility.yaml", *extra: str, overlays=()) -> list[str]:
         return [
             subcommand,
             "--config", str(ROOT / config),
+            *(arg for overlay in overlays for arg in ("--config", str(ROOT / overlay))),
             "--config", str(ROOT / "configs/debug.yaml"),
             "--data.init_args.path", str(prices_csv),
             "--data.init_args.adjust_column", "null",

@@ -1,4 +1,3 @@
-
 import pandas as pd
 import pytest
 import torch
@@ -9,19 +8,24 @@ from forecasting.data.datamodule import PriceDataModule
 from forecasting.models.forecaster import Forecaster
 from tests.conftest import ROOT
 
-CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if p.name != "debug.yaml")
+OVERLAYS = {"debug.yaml", "long_tbptt.yaml"}  # stack on an example config
+EXAMPLES = sorted(p.name for p in (ROOT / "configs").glob("*.yaml") if p.name not in OVERLAYS)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
-def test_every_config_parses_and_links_sizes(config, monkeypatch):
+@pytest.mark.parametrize(
+    "configs",
+    [[name, "debug.yaml"] for name in EXAMPLES] + [["volatility.yaml", "long_tbptt.yaml", "debug.yaml"]],
+    ids=lambda c: "+".join(c),
+)
+def test_every_config_parses_and_links_sizes(configs, monkeypatch):
     monkeypatch.setattr("sys.argv", ["forecasting"])
-    cli = ForecastingCLI(
-        Forecaster, PriceDataModule, subclass_mode_data=True, run=False,
-        args=["--config", str(config), "--config", str(ROOT / "configs/debug.yaml")],
-    )  # fmt: skip
+    args = [arg for name in configs for arg in ("--config", str(ROOT / "configs" / name))]
+    cli = ForecastingCLI(Forecaster, PriceDataModule, subclass_mode_data=True, run=False, args=args)
     assert cli.model.hparams.n_features == len(cli.datamodule.features)
     assert cli.model.hparams.horizon == cli.datamodule.horizon
+    assert cli.datamodule.dense_targets == cli.model.dense  # truncated BPTT gets a target per step
     assert cli.trainer.max_epochs == 1
+    assert (cli.model.hparams.tbptt_steps is not None) == ("long_tbptt.yaml" in configs)
 
 
 def test_fit_writes_logs_config_checkpoint_and_predict_writes_forecasts(cli_args, tmp_path, prices):
@@ -69,3 +73,10 @@ def test_predict_on_a_new_file_uses_the_training_scaler(cli_args, tmp_path, pric
     forecasts = pd.read_csv(out)
     assert len(forecasts) == 40 - 16 + 1 - 1  # one per window; the first row has no log return
     assert forecasts.actual.isna().sum() == 1  # the latest forecast has no actual yet
+
+
+def test_fit_ckpt_path_last_resumes_the_newest_run_in_its_own_folder(cli_args, tmp_path):
+    main(cli_args("fit"))
+    cli = main(cli_args("fit", "configs/volatility.yaml", "--ckpt_path", "last", "--trainer.max_epochs", "2"))
+    assert cli.trainer.current_epoch == 2 and cli.trainer.global_step == 2 * 5  # 5 batches per debug epoch
+    assert [p.name for p in (tmp_path / "logs" / "volatility").iterdir()] == ["version_0"]

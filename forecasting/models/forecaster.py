@@ -4,10 +4,23 @@ A batch from the data module is a dict: x (B, window, F) scaled inputs; y (B, H)
 scaled targets of the window's last step, or (B, window, H) with dense targets;
 y_loc, y_scale (B, 1) to undo the target scaling; row (B,) the window's last row.
 
+Two ways to train, one key apart:
+- full BPTT (`tbptt_steps: null`, automatic optimisation): one backward pass
+  through the whole window per batch; loss on the last step, or on every step
+  after `burn_in` with `dense_loss: true`.
+- truncated BPTT (`tbptt_steps: k`, manual optimisation): the window is split
+  into chunks of k steps; the hidden state is carried over and detached between
+  chunks, and every chunk does its own backward, clip and optimiser step
+  (loss on every step after `burn_in`). A "step" (global_step, max_steps) is then
+  one chunk: ceil(window / k) per batch.
+Clipping is set once for both: `gradient_clip_val` / `gradient_clip_algorithm`
+here, applied with Lightning's `clip_gradients` in `on_before_optimizer_step`,
+where fp16 AMP gradients are already unscaled.
+
 Metrics: `stage/loss` (the training loss, scaled units), `stage/mae`,
 `stage/rmse` (scaled units) and `stage/mae_orig`, `stage/rmse_orig` (the
 target's original units, e.g. log variance). Validation and test always score
-the forecast made at the end of each window.
+the forecast made at the end of each window, so both modes compare.
 
 Example: python -m forecasting fit --config configs/volatility.yaml
 """
@@ -48,7 +61,11 @@ class Forecaster(L.LightningModule):
         init: str = "orthogonal",
         forget_bias: float = 1.0,
         loss: str = "mse",
-        dense_loss: bool = False,
+        dense_loss: bool = False,  # loss on every step after burn_in (always so with tbptt_steps)
+        burn_in: int = 8,  # first steps of a window without loss: the state is still warming up
+        tbptt_steps: int | None = None,  # null: full BPTT; k: truncated BPTT in chunks of k steps
+        gradient_clip_val: float | None = 1.0,  # the one clipping key for both modes; null: off
+        gradient_clip_algorithm: str = "norm",
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: str = "epoch",
@@ -63,6 +80,10 @@ class Forecaster(L.LightningModule):
             "model.hidden_size": (hidden_size >= 1, "use a positive integer"),
             "model.num_layers": (num_layers >= 1, "use a positive integer"),
             "model.scheduler_interval": (scheduler_interval in ("epoch", "step"), "use 'epoch' or 'step'"),
+            "model.burn_in": (burn_in >= 0, "use 0 or more steps"),
+            "model.tbptt_steps": (tbptt_steps is None or tbptt_steps >= 1, "use null or a positive integer"),
+            "model.gradient_clip_val": (gradient_clip_val is None or gradient_clip_val > 0, "use null or > 0"),
+            "model.gradient_clip_algorithm": (gradient_clip_algorithm in ("norm", "value"), "use 'norm' or 'value'"),
         }
         for key, (ok, hint) in checks.items():
             if not ok:
@@ -74,16 +95,29 @@ class Forecaster(L.LightningModule):
         self.loss_fn = LOSSES[loss]()
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.metrics = nn.ModuleDict({"val": metrics(), "test": metrics()})
+        self.automatic_optimization = tbptt_steps is None
+
+    @property
+    def dense(self) -> bool:
+        """Whether training needs a target at every step (the CLI links this to data.dense_targets)."""
+        return self.hparams.dense_loss or self.hparams.tbptt_steps is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Forecast made at the end of each window: (B, window, F) -> (B, H)."""
         return self.net(x)[0][:, -1]
 
+    def loss_after_burn_in(self, out: torch.Tensor, y: torch.Tensor, offset: int = 0) -> torch.Tensor | None:
+        """Loss over steps at window position >= burn_in; `offset` is the position of out[:, 0]."""
+        first = max(0, self.hparams.burn_in - offset)
+        if first >= out.shape[1]:
+            return None
+        return self.loss_fn(out[:, first:], y[:, first:])
+
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
         out, _ = self.net(batch["x"])
         pred, y = out[:, -1], batch["y"]
         if y.dim() == 3:  # dense targets: one per time step
-            loss = self.loss_fn(out, y) if self.hparams.dense_loss else self.loss_fn(pred, y[:, -1])
+            loss = self.loss_after_burn_in(out, y) if self.dense else self.loss_fn(pred, y[:, -1])
             y = y[:, -1]
         else:
             loss = self.loss_fn(pred, y)
@@ -97,8 +131,61 @@ class Forecaster(L.LightningModule):
                 self.log(f"{stage}/{name}", metric, on_epoch=True, batch_size=len(y))
         return loss
 
+    def chunk_losses(self, x: torch.Tensor, y: torch.Tensor):
+        """Truncated BPTT's forward: yield the loss of each chunk of k steps (None inside the
+        burn-in). The state is carried over but detached, so no loss reaches an earlier chunk."""
+        k, state = self.hparams.tbptt_steps, None
+        for i, (x_chunk, y_chunk) in enumerate(zip(x.split(k, dim=1), y.split(k, dim=1), strict=True)):
+            out, state = self.net(x_chunk, state)
+            state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+            yield self.loss_after_burn_in(out, y_chunk, offset=i * k)
+
+    def _tbptt_step(self, batch: dict) -> torch.Tensor:
+        """Truncated BPTT: backward, clip and optimiser step per chunk."""
+        optimizer, losses = self.optimizers(), []
+        for loss in self.chunk_losses(batch["x"], batch["y"]):
+            if loss is None:
+                continue
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()  # clipping happens in on_before_optimizer_step
+            losses.append(loss.detach())
+        if not losses:
+            raise ForecastingError(f"model.burn_in ({self.hparams.burn_in}) covers the whole window; lower it")
+        loss = torch.stack(losses).mean()
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["x"]))
+        if self.lr_schedulers() is not None and self.hparams.scheduler_interval == "step":
+            self.step_scheduler()
+        return loss
+
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
+        if self.hparams.tbptt_steps is None:
+            return self._step(batch, "train")
+        return self._tbptt_step(batch)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Callbacks' on_before_optimizer_step ran already: diagnostics there see pre-clip gradients.
+        if self.hparams.gradient_clip_val is not None:
+            self.clip_gradients(
+                optimizer,
+                gradient_clip_val=self.hparams.gradient_clip_val,
+                gradient_clip_algorithm=self.hparams.gradient_clip_algorithm,
+            )
+
+    def on_train_epoch_end(self) -> None:
+        # Manual optimisation: Lightning steps no scheduler, so the module does (same YAML as automatic).
+        if not self.automatic_optimization and self.lr_schedulers() is not None:
+            if self.hparams.scheduler_interval == "epoch":
+                self.step_scheduler()
+
+    def step_scheduler(self) -> None:
+        scheduler = self.lr_schedulers()
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            value = self.trainer.callback_metrics.get(self.hparams.scheduler_monitor)
+            if value is not None:  # no validation yet this epoch: nothing to compare
+                scheduler.step(value)
+        else:
+            scheduler.step()
 
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
