@@ -27,6 +27,7 @@ class ForecastingCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.n_features", "model.n_features", apply_on="instantiate")
         parser.link_arguments("data.horizon", "model.horizon", apply_on="instantiate")
+        parser.link_arguments("data.target_kind", "model.target_kind", apply_on="instantiate")
         # Dense loss and truncated BPTT need a target at every step of a training window.
         parser.link_arguments(
             ("model.dense_loss", "model.tbptt_steps"),

@@ -21,10 +21,21 @@ import torch
 from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 from torch.utils.data import DataLoader
 
+from forecasting import baselines
 from forecasting.data import features as F
 from forecasting.data.io import read_prices, where
 from forecasting.data.windows import WindowDataset, keep_batch, valid_ends
 from forecasting.errors import ForecastingError
+
+
+def future(values: np.ndarray, series: np.ndarray, horizon: int) -> np.ndarray:
+    """(rows, horizon): row t holds values[t+1..t+horizon] of the same series, NaN past its end."""
+    out = np.full((len(values), horizon), np.nan)
+    for h in range(1, horizon + 1):
+        same = series[h:] == series[:-h]
+        out[:-h, h - 1] = np.where(same, values[h:], np.nan)
+    return out
+
 
 SCALERS = {"standard": StandardScaler, "robust": RobustScaler, "minmax": MinMaxScaler, "none": None}
 STAGES = ("train", "val", "test")
@@ -126,6 +137,13 @@ class PriceDataModule(L.LightningDataModule):
     @property
     def n_features(self) -> int:
         return len(self.features)
+
+    @property
+    def target_kind(self) -> str:
+        """'log_variance', 'return' or 'other': which extra metrics apply (QLIKE, hit rate)."""
+        if self.target in baselines.LOG_VARIANCE_TARGETS:
+            return "log_variance"
+        return "return" if self.target == "log_return" else "other"
 
     @property
     def target_names(self) -> list[str]:
@@ -231,11 +249,16 @@ class PriceDataModule(L.LightningDataModule):
             features=list(self.features), target=self.target, horizon=self.horizon, scaler=self.scaler,
             val_start=str(val.date()), test_start=str(test.date()),
         )  # fmt: skip
+        series, ticker = frame[f"f:{self.target}"].to_numpy(), frame["ticker"].to_numpy()
+        targets = future(series, pd.factorize(ticker)[0], self.horizon)
+        train = (self.target_times(frame)[1] < np.datetime64(val)) & np.isfinite(targets).all(1)
+        stats["baselines"] = baselines.fit(series, ticker, targets, train, self.target)
         return stats
 
     # ---------------------------------------------------------------- tensors
     def tensors(self, frame: pd.DataFrame):
-        """Scaled (rows, F) inputs, (rows, H) targets, per-row target loc/scale, row of each ticker's id."""
+        """Per row: scaled inputs (rows, F), scaled targets (rows, H), target loc and scale, ticker id,
+        and each baseline's forecast (rows, H) in original units."""
         if self.stats is None:
             raise ForecastingError("predict on data.predict_path needs a trained model: pass --ckpt_path")
         if self.stats["features"] != self.features or self.stats["target"] != self.target:
@@ -257,17 +280,14 @@ class PriceDataModule(L.LightningDataModule):
         t_scale = np.asarray(self.stats["target_scale"])[group]
         series = pd.factorize(frame["ticker"])[0]
         raw = frame[f"f:{self.target}"].to_numpy()
-        y = np.full((len(frame), self.horizon), np.nan)
-        for h in range(1, self.horizon + 1):
-            same = np.zeros(len(frame), dtype=bool)
-            same[:-h] = series[h:] == series[:-h]
-            y[:-h, h - 1] = np.where(same[:-h], raw[h:], np.nan)
-        y = (y - t_loc[:, None]) / t_scale[:, None]
+        y = (future(raw, series, self.horizon) - t_loc[:, None]) / t_scale[:, None]
+        base = baselines.forecast_rows(raw, frame["ticker"].to_numpy(), self.stats["baselines"], self.horizon)
 
         def f32(a):
             return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
-        return f32(x), f32(y), f32(t_loc), f32(t_scale), torch.from_numpy(series)
+        base = {name: f32(b) for name, b in base.items()}
+        return f32(x), f32(y), f32(t_loc), f32(t_scale), torch.from_numpy(series), base
 
     def target_times(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Date of the first and last target day of the sample ending on each row (NaT if none)."""
@@ -288,7 +308,7 @@ class PriceDataModule(L.LightningDataModule):
         if which not in self.frames:
             self.setup(stage)
         frame = self.frames[which]
-        x, y, t_loc, t_scale, series = self.tensors(frame)
+        x, y, t_loc, t_scale, series, base = self.tensors(frame)
         ends = valid_ends(series, torch.isnan(x).any(1), self.window)
         if stage != "predict":
             first, last = self.target_times(frame)
@@ -306,7 +326,7 @@ class PriceDataModule(L.LightningDataModule):
                     f"{self.stats['test_start']}, window {self.window}); move data.val_start/data.test_start"
                 )
         dense = self.dense_targets and stage == "train"
-        self._datasets[stage] = WindowDataset(x, y, t_loc, t_scale, ends, self.window, dense=dense)
+        self._datasets[stage] = WindowDataset(x, y, t_loc, t_scale, ends, self.window, dense=dense, baselines=base)
         return self._datasets[stage]
 
     def loader(self, stage: str) -> DataLoader:

@@ -31,15 +31,20 @@ class WindowDataset(Dataset):
 
     features: (rows, F) scaled inputs.  targets: (rows, H) scaled targets, row t
     holding the H values after day t (NaN where unknown).  target_loc/scale: (rows,)
-    undo the target scaling.  With `dense=True` a sample carries the target of
+    undo the target scaling.  baselines: name -> (rows, H) forecasts in original units
+    (see baselines.py), carried so the model is scored against them on the same
+    windows.  With `dense=True` a sample carries the target of
     every step of its window (for losses over all steps), else of its last step.
     """
 
-    def __init__(self, features, targets, target_loc, target_scale, ends, window: int, dense: bool = False):
+    def __init__(
+        self, features, targets, target_loc, target_scale, ends, window: int, dense: bool = False, baselines=None
+    ):
         self.x = window_view(features, window)
         self.y = window_view(targets, window) if dense else targets
         self.target_loc, self.target_scale = target_loc, target_scale
         self.ends, self.window, self.dense = ends, window, dense
+        self.baselines = baselines or {}
 
     def __len__(self) -> int:
         return len(self.ends)
@@ -53,10 +58,13 @@ class WindowDataset(Dataset):
             "y_loc": self.target_loc[end, None],
             "y_scale": self.target_scale[end, None],
             "row": end,
+            "baselines": {name: values[end] for name, values in self.baselines.items()},
         }
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {k: v[0] for k, v in self.__getitems__([index]).items()}
+        batch = self.__getitems__([index])
+        batch["baselines"] = {k: v[0] for k, v in batch["baselines"].items()}
+        return {k: v if k == "baselines" else v[0] for k, v in batch.items()}
 
 
 def keep_batch(batch):

@@ -29,7 +29,7 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
-from torchmetrics import MeanAbsoluteError, MeanSquaredError
+from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError
 
 from forecasting.errors import ForecastingError
 from forecasting.models.lstm import CELLS, INITS, StackedRNN
@@ -70,6 +70,7 @@ class Forecaster(L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: str = "epoch",
         scheduler_monitor: str = "val/loss",
+        target_kind: str = "other",  # linked from the data: "log_variance" adds QLIKE, "return" the hit rate
     ):
         super().__init__()
         checks = {
@@ -95,6 +96,10 @@ class Forecaster(L.LightningModule):
         self.loss_fn = LOSSES[loss]()
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.metrics = nn.ModuleDict({"val": metrics(), "test": metrics()})
+        # Epoch means in original units, model and baselines on the same windows (see baselines.py).
+        names = ["mse_orig", "qlike", "hit_rate", "up_share"]
+        names += [f"baseline_{m}_{b}" for m in ("mse", "qlike") for b in ("naive", "mean", "har")]
+        self.means = nn.ModuleDict({s: nn.ModuleDict({n: MeanMetric() for n in names}) for s in ("val", "test")})
         self.automatic_optimization = tbptt_steps is None
 
     @property
@@ -121,7 +126,11 @@ class Forecaster(L.LightningModule):
             y = y[:, -1]
         else:
             loss = self.loss_fn(pred, y)
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True, batch_size=len(y))
+        # sync_dist: under DDP the epoch value is averaged over ranks (a no-op in one process).
+        self.log(
+            f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True, batch_size=len(y),
+            sync_dist=stage != "train",
+        )  # fmt: skip
         if stage != "train":
             for name, metric in self.metrics[stage].items():
                 if name.endswith("_orig"):  # undo the target scaling
@@ -129,7 +138,42 @@ class Forecaster(L.LightningModule):
                 else:
                     metric.update(pred, y)
                 self.log(f"{stage}/{name}", metric, on_epoch=True, batch_size=len(y))
+            self.update_means(
+                stage, pred * batch["y_scale"] + batch["y_loc"], y * batch["y_scale"] + batch["y_loc"], batch
+            )
         return loss
+
+    def update_means(self, stage: str, pred: torch.Tensor, actual: torch.Tensor, batch: dict) -> None:
+        means = self.means[stage]
+        forecasts = {"": pred, **{f"_{name}": f for name, f in batch.get("baselines", {}).items()}}
+        for suffix, forecast in forecasts.items():
+            prefix = "baseline_" if suffix else ""
+            means[f"{prefix}mse{'_orig' if not suffix else suffix}"].update((forecast - actual) ** 2)
+            if self.hparams.target_kind == "log_variance":
+                # QLIKE on variances exp(target): robust to noise in the variance proxy (Patton 2011).
+                d = actual - forecast
+                means[f"{prefix}qlike{suffix}"].update(torch.exp(d) - d - 1)
+        if self.hparams.target_kind == "return":
+            means["hit_rate"].update((torch.sign(pred) == torch.sign(actual)).float())
+            means["up_share"].update((actual > 0).float())
+
+    def log_means(self, stage: str) -> None:
+        """Epoch values of the model and baseline means, and skill 1 - MSE(model) / MSE(baseline)."""
+        values = {name: m.compute() for name, m in self.means[stage].items() if m.update_count > 0}
+        for name, value in values.items():
+            self.log(f"{stage}/{name}", value)
+        for base in ("naive", "mean", "har"):
+            if f"baseline_mse_{base}" in values:
+                skill = 1 - values["mse_orig"] / values[f"baseline_mse_{base}"]
+                self.log(f"{stage}/skill_vs_{base}", skill)
+        for metric in self.means[stage].values():
+            metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_means("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_means("test")
 
     def chunk_losses(self, x: torch.Tensor, y: torch.Tensor):
         """Truncated BPTT's forward: yield the loss of each chunk of k steps (None inside the
