@@ -1,4 +1,4 @@
-"""Command line: python -m forecasting fit|validate|test|predict --config configs/<example>.yaml
+"""Command line: python -m forecasting fit|validate|test|predict|lr_find --config configs/<example>.yaml
 
 A LightningCLI that
 - links the data module's sizes (number of features, horizon) into the model,
@@ -13,17 +13,24 @@ import importlib
 import sys
 from pathlib import Path
 
+import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from forecasting.callbacks.prediction_writer import PredictionWriter
-from forecasting.data.datamodule import PriceDataModule
 from forecasting.errors import ForecastingError
 from forecasting.models.forecaster import Forecaster
+from forecasting.trainer import ForecastingTrainer
 
 
 class ForecastingCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # Extra subcommands: Trainer methods of the same name (trainer.py); these are the
+        # arguments the CLI fills with the objects it built.
+        return {**LightningCLI.subcommands(), "lr_find": {"model", "datamodule"}}
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.n_features", "model.n_features", apply_on="instantiate")
         parser.link_arguments("data.horizon", "model.horizon", apply_on="instantiate")
@@ -103,14 +110,17 @@ def check_clipping(config) -> None:
         )
 
 
-def main(args: list[str] | None = None) -> ForecastingCLI:
+def main(args: list[str] | None = None, run: bool = True) -> ForecastingCLI:
+    """Entry point; `run=False` only builds the model, data module and trainer (tests)."""
     try:
         return ForecastingCLI(
             Forecaster,
-            PriceDataModule,
-            subclass_mode_data=True,  # configs pick the data module by class_path
+            L.LightningDataModule,  # any data module: configs pick one by class_path
+            subclass_mode_data=True,
+            trainer_class=ForecastingTrainer,
             save_config_kwargs={"overwrite": True},  # re-running into the same version dir is fine
             args=args,
+            run=run,
         )
     except ForecastingError as err:
         print(f"error: {err}", file=sys.stderr)

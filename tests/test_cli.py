@@ -3,9 +3,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from forecasting.cli import ForecastingCLI, main
-from forecasting.data.datamodule import PriceDataModule
-from forecasting.models.forecaster import Forecaster
+from forecasting.cli import main
 from tests.conftest import ROOT
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -25,8 +23,8 @@ def test_every_config_parses_and_links_sizes(configs, monkeypatch):
     if any("accelerator: gpu" in (ROOT / "configs" / name).read_text() for name in configs):
         # No GPU here: the file must still parse; build the run for one CPU process instead.
         args += ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto"]
-    cli = ForecastingCLI(Forecaster, PriceDataModule, subclass_mode_data=True, run=False, args=args)
-    assert cli.model.hparams.n_features == len(cli.datamodule.features)
+    cli = main(args, run=False)
+    assert cli.model.hparams.n_features == cli.datamodule.n_features
     assert cli.model.hparams.horizon == cli.datamodule.horizon
     assert cli.datamodule.dense_targets == cli.model.dense  # truncated BPTT gets a target per step
     assert cli.trainer.max_epochs == 1

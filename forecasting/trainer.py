@@ -1,0 +1,65 @@
+"""Lightning's Trainer plus the template's own subcommands.
+
+LightningCLI runs `python -m forecasting <name>` by calling the Trainer method of
+that name, so each extra subcommand is a method here (registered in cli.py):
+
+    python -m forecasting lr_find  --config configs/volatility.yaml
+    python -m forecasting diagnose --config configs/volatility.yaml
+"""
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from lightning.pytorch.tuner import Tuner
+from lightning.pytorch.utilities import rank_zero_info
+
+
+class ForecastingTrainer(L.Trainer):
+    def lr_find(
+        self,
+        model: L.LightningModule,
+        datamodule: L.LightningDataModule | None = None,
+        min_lr: float = 1e-6,
+        max_lr: float = 1.0,
+        num_training: int = 100,
+    ) -> float | None:
+        """Sweep the learning rate up over `num_training` steps (Smith 2017) and suggest one.
+
+        Saves the LR-loss curve as lr_find.png in the log dir. Always runs with full BPTT:
+        Lightning's LR finder drives automatic optimisation only.
+        """
+        tbptt = model.hparams.get("tbptt_steps")
+        if tbptt is not None:
+            rank_zero_info(f"lr_find: running with full BPTT (model.tbptt_steps={tbptt} is ignored for the sweep)")
+            model.hparams.tbptt_steps, model.automatic_optimization = None, True
+        try:
+            finder = Tuner(self).lr_find(
+                model, datamodule=datamodule, min_lr=min_lr, max_lr=max_lr, num_training=num_training,
+                update_attr=False,
+            )  # fmt: skip
+        finally:
+            if tbptt is not None:
+                model.hparams.tbptt_steps, model.automatic_optimization = tbptt, False
+        if finder is None or not self.is_global_zero:
+            return None
+        # Lightning suggests the steepest descent after `skip_begin` points; the smoothed loss
+        # often first RISES while its running mean warms up, and a wiggle there would win.
+        # Start looking after that initial peak instead.
+        losses = np.asarray(finder.results["loss"], dtype=float)
+        peak = int(np.nanargmax(losses[: max(len(losses) // 2, 1)]))
+        suggestion = finder.suggestion(skip_begin=max(10, peak))
+        at_min = finder.results["lr"][int(np.nanargmin(losses))]
+        out = Path(self.log_dir or ".") / "lr_find.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        finder.plot(suggest=True).savefig(out)
+        if suggestion is None:
+            print(f"lr_find: no clear suggestion (the loss never fell steadily); look at {out}")
+        else:
+            print(
+                f"lr_find: suggested learning rate {suggestion:.3g}: the steepest fall of the loss; "
+                f"it is lowest at {at_min:.3g}, so stay well below that (plot: {out})\n"
+                f"  set it in the config as  model.optimizer.init_args.lr: {suggestion:.3g}\n"
+                f"  or on the command line:  --model.optimizer.init_args.lr {suggestion:.3g}"
+            )
+        return suggestion
