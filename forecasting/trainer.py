@@ -12,7 +12,6 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 from lightning.pytorch.tuner import Tuner
-from lightning.pytorch.utilities import rank_zero_info
 
 
 class ForecastingTrainer(L.Trainer):
@@ -31,7 +30,8 @@ class ForecastingTrainer(L.Trainer):
         """
         tbptt = model.hparams.get("tbptt_steps")
         if tbptt is not None:
-            rank_zero_info(f"lr_find: running with full BPTT (model.tbptt_steps={tbptt} is ignored for the sweep)")
+            if self.is_global_zero:
+                print(f"lr_find: running with full BPTT (model.tbptt_steps={tbptt} is ignored for the sweep)")
             model.hparams.tbptt_steps, model.automatic_optimization = None, True
         try:
             finder = Tuner(self).lr_find(
@@ -57,8 +57,8 @@ class ForecastingTrainer(L.Trainer):
             print(f"lr_find: no clear suggestion (the loss never fell steadily); look at {out}")
         else:
             print(
-                f"lr_find: suggested learning rate {suggestion:.3g}: the steepest fall of the loss; "
-                f"it is lowest at {at_min:.3g}, so stay well below that (plot: {out})\n"
+                f"lr_find: suggested learning rate {suggestion:.3g}: where the loss falls fastest "
+                f"(it is lowest at {at_min:.3g}; plot: {out})\n"
                 f"  set it in the config as  model.optimizer.init_args.lr: {suggestion:.3g}\n"
                 f"  or on the command line:  --model.optimizer.init_args.lr {suggestion:.3g}"
             )

@@ -83,3 +83,18 @@ def test_fit_ckpt_path_last_resumes_the_newest_run_in_its_own_folder(cli_args, t
     cli = main(cli_args("fit", "configs/volatility.yaml", "--ckpt_path", "last", "--trainer.max_epochs", "2"))
     assert cli.trainer.current_epoch == 2 and cli.trainer.global_step == 2 * 5  # 5 batches per debug epoch
     assert [p.name for p in (tmp_path / "logs" / "volatility").iterdir()] == ["version_0"]
+
+
+@pytest.mark.parametrize("tbptt", [None, "8"])
+def test_lr_find_prints_a_suggestion_and_saves_the_plot(cli_args, tmp_path, capsys, tbptt):
+    extra = ["--num_training", "30", "--trainer.limit_train_batches", "1.0", "--trainer.max_epochs", "10"]
+    if tbptt:
+        extra += ["--model.tbptt_steps", tbptt]
+    cli = main(cli_args("lr_find", "configs/volatility.yaml", *extra))
+    out = capsys.readouterr().out
+    assert "lr_find: suggested learning rate" in out and "model.optimizer.init_args.lr:" in out
+    lr = float(out.split("suggested learning rate ")[1].split(":")[0])
+    assert 1e-6 <= lr <= 1.0
+    assert next((tmp_path / "logs").rglob("lr_find.png")).stat().st_size > 1000
+    assert ("running with full BPTT" in out) == (tbptt is not None)
+    assert cli.model.automatic_optimization == (tbptt is None)  # the config's mode is restored

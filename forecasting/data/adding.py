@@ -69,7 +69,8 @@ class AddingDataModule(L.LightningDataModule):
             raise ForecastingError(f"data.seq_len: must be at least 2, got {seq_len}")
         if dense_targets:
             raise ForecastingError(
-                "the adding problem has one target per sequence: set model.tbptt_steps: null and model.dense_loss: false"
+                "the adding problem has one target per sequence: "
+                "set model.tbptt_steps: null and model.dense_loss: false"
             )
         self.save_hyperparameters()
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
