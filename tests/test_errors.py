@@ -68,11 +68,37 @@ def test_duplicate_date_within_ticker(tmp_path, prices):
 
 def test_non_numeric_and_non_finite_cells(tmp_path, prices):
     prices["volume"] = prices["volume"].astype(object)
+    prices.loc[20, "volume"] = "12O0"  # a letter O: garbage is always an error
+    assert "line 22, column 'volume': '12O0' is not a number" in setup_error(write(tmp_path, prices))
     prices.loc[20, "volume"] = "n/a"
-    assert "line 22, column 'volume': value 'n/a'" in setup_error(write(tmp_path, prices))
+    message = setup_error(write(tmp_path, prices))
+    assert "line 22, column 'volume': value 'n/a' is missing" in message and "data.missing: ffill" in message
     prices.loc[20, "volume"] = 1e6
     prices.loc[30, "high"] = np.inf
     assert "line 32, column 'high'" in setup_error(write(tmp_path, prices, "inf.csv"))
+
+
+@pytest.mark.parametrize("policy", ["ffill", "drop"])
+def test_missing_policy_fills_or_drops(tmp_path, prices, policy):
+    prices = prices.astype({"close": object})
+    prices.loc[[0, 20], "close"] = ["", "NaN"]  # a ticker's first row, and one in the middle
+    dm = PriceDataModule(**dm_kwargs(write(tmp_path, prices), missing=policy))
+    dm.setup("fit")
+    frame = dm.frames["fit"]
+    assert len(frame) == 600 - (1 if policy == "ffill" else 2)  # nothing to carry into the first row
+    aaa = frame[frame.ticker == "AAA"].set_index("line")
+    if policy == "ffill":
+        assert aaa.loc[20, "close"] == float(prices.loc[19, "close"])
+    else:
+        assert 20 not in aaa.index
+    assert np.isfinite(frame["f:gk_log_var"]).all()
+    assert frame["f:log_return"].isna().sum() == 2  # only each ticker's first row, as always
+
+
+def test_wrong_encoding(tmp_path, prices):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(prices.head(50).to_csv(index=False).replace("AAA", "ÄÄÄ").encode("latin-1"))
+    assert "cannot be read as csv" in setup_error(path)
 
 
 def test_non_positive_price(tmp_path, prices):

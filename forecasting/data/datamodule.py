@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from forecasting import baselines
 from forecasting.data import features as F
-from forecasting.data.io import read_prices, where
+from forecasting.data.io import MISSING_POLICIES, read_prices, where
 from forecasting.data.windows import WindowDataset, keep_batch, valid_ends
 from forecasting.errors import ForecastingError
 
@@ -82,6 +82,7 @@ class PriceDataModule(L.LightningDataModule):
         columns: dict[str, str] | None = None,
         adjust_column: str | None = None,
         date_format: str | None = None,
+        missing: str = "error",
         tickers: list[str] | None = None,
         features: tuple[str, ...] = ("log_return", "gk_log_var", "log_volume_change"),
         target: str = "gk_log_var",
@@ -106,14 +107,16 @@ class PriceDataModule(L.LightningDataModule):
                 )
         if columns is None:
             columns = {c: c for c in F.required_columns([*features, target])}
-        missing = [c for c in F.required_columns([*features, target]) if c not in columns]
-        if missing:
-            raise ForecastingError(f"data.columns: add {missing}, the file columns that {features + [target]} need")
+        absent = [c for c in F.required_columns([*features, target]) if c not in columns]
+        if absent:
+            raise ForecastingError(f"data.columns: add {absent}, the file columns that {features + [target]} need")
         if not features:
             raise ForecastingError("data.features: give at least one feature")
         for key, value in {"window": window, "horizon": horizon, "batch_size": batch_size}.items():
             if not isinstance(value, int) or value < 1:
                 raise ForecastingError(f"data.{key}: must be a positive integer, got {value!r}")
+        if missing not in MISSING_POLICIES:
+            raise ForecastingError(f"data.missing: unknown policy '{missing}'; use one of {list(MISSING_POLICIES)}")
         if scaler not in SCALERS:
             raise ForecastingError(f"data.scaler: unknown scaler '{scaler}'; use one of {list(SCALERS)}")
         for key, value in {"val_start": val_start, "test_start": test_start}.items():
@@ -124,6 +127,7 @@ class PriceDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.path, self.time_column, self.ticker_column = path, time_column, ticker_column
         self.columns, self.adjust_column, self.date_format = dict(columns), adjust_column, date_format
+        self.missing = missing
         self.tickers, self.features, self.target = tickers, features, target
         self.horizon, self.window, self.val_start, self.test_start = horizon, window, val_start, test_start
         self.scaler, self.scale_per_ticker = scaler, scale_per_ticker
@@ -153,7 +157,7 @@ class PriceDataModule(L.LightningDataModule):
     def load(self, path: str) -> pd.DataFrame:
         """Validated rows of `path` with feature columns, per-row targets and split labels."""
         frame = read_prices(
-            path, self.time_column, self.ticker_column, self.columns, self.adjust_column, self.date_format
+            path, self.time_column, self.ticker_column, self.columns, self.adjust_column, self.date_format, self.missing
         )
         if self.tickers is not None:
             unknown = sorted(set(self.tickers) - set(frame["ticker"]))

@@ -74,15 +74,30 @@ def parse_times(values: pd.Series, column: str, path: Path, date_format: str | N
     return times
 
 
-def parse_numbers(values: pd.Series, column: str, path: Path) -> np.ndarray:
-    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(numbers))
-    if len(bad):
-        i = int(bad[0])
+# Cells that mean "no value here" (handled by data.missing); any other text is an error.
+MISSING_TEXT = {"", "na", "n/a", "nan", "null", "none", "inf", "-inf", "+inf", "infinity", "-infinity"}
+MISSING_POLICIES = ("error", "ffill", "drop")
+
+
+def parse_numbers(values: pd.Series, column: str, path: Path, missing: str = "error") -> np.ndarray:
+    """Floats, with NaN where a cell is empty, NaN or infinite (an error unless `missing` allows it)."""
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, copy=True)
+    absent = values.isna().to_numpy() | np.isinf(numbers)
+    if not pd.api.types.is_numeric_dtype(values):
+        absent |= values.astype(str).str.strip().str.lower().isin(MISSING_TEXT).to_numpy()
+    garbage = np.flatnonzero(~np.isfinite(numbers) & ~absent)
+    if len(garbage):
+        i = int(garbage[0])
         raise ForecastingError(
-            f"{path}: {where(path, i)}, column '{column}': value '{values.iloc[i]}' is not a finite number; "
-            "fix or remove the row"
+            f"{path}: {where(path, i)}, column '{column}': '{values.iloc[i]}' is not a number; fix or remove the row"
         )
+    if missing == "error" and absent.any():
+        i = int(np.flatnonzero(absent)[0])
+        raise ForecastingError(
+            f"{path}: {where(path, i)}, column '{column}': value '{values.iloc[i]}' is missing or not finite; "
+            "fix the row, or set data.missing: ffill (carry the last value forward) or drop (skip such rows)"
+        )
+    numbers[absent] = np.nan
     return numbers
 
 
@@ -93,6 +108,7 @@ def read_prices(
     columns: dict[str, str],
     adjust_column: str | None = None,
     date_format: str | None = None,
+    missing: str = "error",
 ) -> pd.DataFrame:
     """Read and validate a long-format price file.
 
@@ -100,6 +116,8 @@ def read_prices(
     or any other) to the file's column names. Returns a frame with columns
     `time`, `ticker`, `line` (position in the file, for messages) and those
     names, sorted by (ticker, time). Unsorted input is sorted silently.
+    `missing`: what to do with empty, NaN or infinite cells: error, ffill (within
+    a ticker; rows before its first value are dropped) or drop the row.
     """
     path = Path(path)
     frame = read_frame(path)
@@ -114,23 +132,9 @@ def read_prices(
     out = pd.DataFrame({"time": parse_times(frame[time_column], time_column, path, date_format)})
     out["ticker"] = frame[ticker_column].astype(str).to_numpy() if ticker_column else "series"
     out["line"] = np.arange(len(frame))
-    for name, column in columns.items():
-        out[name] = parse_numbers(frame[column], column, path)
-        if name in PRICE_COLUMNS and (out[name] <= 0).any():
-            i = int(np.flatnonzero(out[name].to_numpy() <= 0)[0])
-            raise ForecastingError(
-                f"{path}: {where(path, i)}, column '{column}': price {out[name].iloc[i]} is not positive; "
-                "log transforms need prices > 0: fix or remove the row"
-            )
-    if adjust_column is not None and "close" in columns:
-        # Split/dividend adjustment: scale prices by adj_close/close, volume by its inverse,
-        # so a 2:1 split is neither a -50% return nor a doubling of volume.
-        factor = parse_numbers(frame[adjust_column], adjust_column, path) / out["close"].to_numpy()
-        for name in PRICE_COLUMNS:
-            if name in columns:
-                out[name] = out[name] * factor
-        if "volume" in columns:
-            out["volume"] = out["volume"] / factor
+    numeric = {**columns, **({"_adjust": adjust_column} if adjust_column else {})}
+    for name, column in numeric.items():
+        out[name] = parse_numbers(frame[column], column, path, missing)
 
     out = out.sort_values(["ticker", "time"], kind="stable").reset_index(drop=True)
     dup = out.duplicated(["ticker", "time"]).to_numpy()
@@ -140,4 +144,29 @@ def read_prices(
             f"{path}: {where(path, int(out['line'].iloc[i]))}: duplicate date {out['time'].iloc[i].date()} "
             f"for ticker '{out['ticker'].iloc[i]}'; each (ticker, date) must appear once"
         )
+    if missing == "ffill":
+        out[list(numeric)] = out.groupby("ticker", sort=False)[list(numeric)].ffill()
+    if missing in ("ffill", "drop"):
+        out = out.dropna(subset=list(numeric)).reset_index(drop=True)
+        if len(out) == 0:
+            raise ForecastingError(f"{path}: no row is left after data.missing: {missing}")
+
+    for name, column in columns.items():
+        if name in PRICE_COLUMNS and (out[name] <= 0).any():
+            i = int(np.flatnonzero(out[name].to_numpy() <= 0)[0])
+            raise ForecastingError(
+                f"{path}: {where(path, int(out['line'].iloc[i]))}, column '{column}': price {out[name].iloc[i]} "
+                "is not positive; log transforms need prices > 0: fix or remove the row"
+            )
+    if adjust_column is not None:
+        if "close" in columns:
+            # Split/dividend adjustment: scale prices by adj_close/close, volume by its inverse,
+            # so a 2:1 split is neither a -50% return nor a doubling of volume.
+            factor = out["_adjust"].to_numpy() / out["close"].to_numpy()
+            for name in PRICE_COLUMNS:
+                if name in columns:
+                    out[name] = out[name] * factor
+            if "volume" in columns:
+                out["volume"] = out["volume"] / factor
+        out = out.drop(columns="_adjust")
     return out
