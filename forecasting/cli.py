@@ -19,6 +19,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from forecasting.callbacks.prediction_writer import PredictionWriter
+from forecasting.checkpoints import check_checkpoint
 from forecasting.errors import ForecastingError
 from forecasting.models.forecaster import Forecaster
 from forecasting.trainer import ForecastingTrainer
@@ -55,8 +56,25 @@ class ForecastingCLI(LightningCLI):
                 "early_stopping.monitor": "val/loss",
                 "early_stopping.patience": 10,
                 "lr_monitor.logging_interval": "epoch",
+                # Write checkpoints to a temporary file and rename: a kill while saving never
+                # leaves a half-written last.ckpt (checkpoints.py).
+                "trainer.plugins": [{"class_path": "forecasting.checkpoints.AtomicCheckpointIO"}],
             }
         )
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the checkpoint here (to take the model's hyperparameters from
+        # it) before any hook of ours runs: resolve `last` and vet the file first, so an
+        # unsafe or mismatched checkpoint is refused in one line (checkpoints.py).
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else None
+        if config is not None and config.get("ckpt_path") is not None:
+            if subcommand == "fit" and config.ckpt_path == "last":
+                resume_last(config)
+            if config.ckpt_path not in ("last", "best", "hpc", "registry"):
+                data = config.data.get("init_args") if config.get("data") else None
+                check_checkpoint(config.ckpt_path, data.as_dict() if data else None, config.model.as_dict())
+        super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         # jsonargparse turns an error raised while building a class chosen by class_path into a
@@ -64,8 +82,6 @@ class ForecastingCLI(LightningCLI):
         # so a bad data.* value reaches main() as the one-line ForecastingError it is.
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_clipping(config)
-        if self.subcommand == "fit" and config.get("ckpt_path") == "last":
-            resume_last(config)
         data = config.get("data")
         if data is not None and data.get("class_path"):
             module, name = data.class_path.rsplit(".", 1)

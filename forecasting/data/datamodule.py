@@ -11,6 +11,7 @@ dropped), so no validation or test target is ever a training target. Its
 inputs may look back into earlier splits, as they would in live use.
 """
 
+import os
 import warnings
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader
 from forecasting import baselines
 from forecasting.data import features as F
 from forecasting.data.io import MISSING_POLICIES, read_prices, where
-from forecasting.data.windows import WindowDataset, keep_batch, valid_ends
+from forecasting.data.windows import EpochRandomSampler, WindowDataset, keep_batch, valid_ends
 from forecasting.errors import ForecastingError
 
 
@@ -334,10 +335,13 @@ class PriceDataModule(L.LightningDataModule):
         return self._datasets[stage]
 
     def loader(self, stage: str) -> DataLoader:
+        dataset = self.dataset(stage)
+        # seed_everything records its seed in PL_GLOBAL_SEED: shuffles follow it.
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         return DataLoader(
-            self.dataset(stage),
+            dataset,
             batch_size=self.batch_size,
-            shuffle=stage == "train",
+            sampler=EpochRandomSampler(dataset, seed) if stage == "train" else None,
             collate_fn=keep_batch,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -6,7 +6,7 @@ one indexing call. Memory stays O(rows x features), never O(rows x window).
 """
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, RandomSampler
 
 
 def window_view(values: torch.Tensor, window: int) -> torch.Tensor:
@@ -65,6 +65,20 @@ class WindowDataset(Dataset):
         batch = self.__getitems__([index])
         batch["baselines"] = {k: v[0] for k, v in batch["baselines"].items()}
         return {k: v if k == "baselines" else v[0] for k, v in batch.items()}
+
+
+class EpochRandomSampler(RandomSampler):
+    """Shuffles in an order fixed by (seed, epoch) alone, so a run resumed at an epoch
+    boundary sees the same batches as one never stopped. Lightning calls `set_epoch`;
+    under DDP it swaps this for its DistributedSampler, which seeds the same way."""
+
+    def __init__(self, data_source, seed: int = 0):
+        super().__init__(data_source, generator=torch.Generator())
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed + epoch)
 
 
 def keep_batch(batch):
