@@ -1,4 +1,4 @@
-"""Command line: python -m forecasting fit|validate|test|predict|lr_find --config configs/<example>.yaml
+"""Command line: python -m forecasting fit|validate|test|predict|lr_find|diagnose --config configs/<example>.yaml
 
 A LightningCLI that
 - links the data module's sizes (number of features, horizon) into the model,
@@ -30,7 +30,7 @@ class ForecastingCLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         # Extra subcommands: Trainer methods of the same name (trainer.py); these are the
         # arguments the CLI fills with the objects it built.
-        return {**LightningCLI.subcommands(), "lr_find": {"model", "datamodule"}}
+        return {**LightningCLI.subcommands(), "lr_find": {"model", "datamodule"}, "diagnose": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.n_features", "model.n_features", apply_on="instantiate")

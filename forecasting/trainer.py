@@ -10,8 +10,10 @@ that name, so each extra subcommand is a method here (registered in cli.py):
 from pathlib import Path
 
 import lightning as L
-import numpy as np
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.tuner import Tuner
+
+from forecasting.diagnose import report, run_diagnose, suggested_lr
 
 
 class ForecastingTrainer(L.Trainer):
@@ -43,13 +45,7 @@ class ForecastingTrainer(L.Trainer):
                 model.hparams.tbptt_steps, model.automatic_optimization = tbptt, False
         if finder is None or not self.is_global_zero:
             return None
-        # Lightning suggests the steepest descent after `skip_begin` points; the smoothed loss
-        # often first RISES while its running mean warms up, and a wiggle there would win.
-        # Start looking after that initial peak instead.
-        losses = np.asarray(finder.results["loss"], dtype=float)
-        peak = int(np.nanargmax(losses[: max(len(losses) // 2, 1)]))
-        suggestion = finder.suggestion(skip_begin=max(10, peak))
-        at_min = finder.results["lr"][int(np.nanargmin(losses))]
+        suggestion, at_min = suggested_lr(finder)
         out = Path(self.log_dir or ".") / "lr_find.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         finder.plot(suggest=True).savefig(out)
@@ -63,3 +59,17 @@ class ForecastingTrainer(L.Trainer):
                 f"  or on the command line:  --model.optimizer.init_args.lr {suggestion:.3g}"
             )
         return suggestion
+
+    def diagnose(
+        self,
+        model: L.LightningModule,
+        datamodule: L.LightningDataModule | None = None,
+        steps: int = 200,
+        lr_find: bool = True,
+    ) -> None:
+        """Train `steps` optimiser steps on a copy of the setup and print a PASS / WARN / FAIL
+        report on each known cause of an LSTM not learning (forecasting/diagnose.py)."""
+        checks = run_diagnose(self, model, datamodule, steps, lr_find)
+        if self.is_global_zero:
+            writer = next((lg.experiment for lg in self.loggers if isinstance(lg, TensorBoardLogger)), None)
+            print(report(checks, self.log_dir, writer))

@@ -23,6 +23,15 @@ class PredictionWriter(BasePredictionWriter):
         rows = torch.cat([p["row"] for p in predictions]).cpu()
         forecast = torch.cat([p["forecast"] for p in predictions]).float().cpu()
         actual = torch.cat([p["actual"] for p in predictions]).float().cpu()
+        # Under DDP each rank predicted a share of the windows: gather them so rank 0 writes one
+        # complete file. Every rank runs both collectives (log_dir broadcasts) before the others return.
+        output = Path(self.output or Path(trainer.log_dir or ".") / "predictions.csv")
+        if trainer.world_size > 1:
+            shares = [None] * trainer.world_size
+            torch.distributed.all_gather_object(shares, (rows, forecast, actual))
+            rows, forecast, actual = (torch.cat(parts) for parts in zip(*shares, strict=True))
+        if not trainer.is_global_zero:
+            return
         where = trainer.datamodule.describe_rows(rows)
         horizon = forecast.shape[1]
         table = pd.DataFrame(
@@ -35,7 +44,6 @@ class PredictionWriter(BasePredictionWriter):
                 "actual": actual.reshape(-1).numpy(),
             }
         ).sort_values(["ticker", "date", "h"], kind="stable")
-        output = Path(self.output or Path(trainer.log_dir or ".") / "predictions.csv")
         output.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(output, index=False)
         self.written = output

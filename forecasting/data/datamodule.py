@@ -19,6 +19,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 from torch.utils.data import DataLoader
 
@@ -338,10 +339,17 @@ class PriceDataModule(L.LightningDataModule):
         dataset = self.dataset(stage)
         # seed_everything records its seed in PL_GLOBAL_SEED: shuffles follow it.
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        sampler = EpochRandomSampler(dataset, seed) if stage == "train" else None
+        ranks = getattr(self.trainer.strategy, "distributed_sampler_kwargs", None) if self.trainer else None
+        if stage in ("val", "test") and ranks and ranks["num_replicas"] > 1:
+            # Under DDP Lightning's DistributedSampler repeats up to (ranks - 1) windows so that every
+            # rank gets as many, which biases val/loss. Evaluation needs no equal counts: give each
+            # window to one rank. Training (equal steps needed) and predict keep Lightning's samplers.
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False, **ranks)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=EpochRandomSampler(dataset, seed) if stage == "train" else None,
+            sampler=sampler,
             collate_fn=keep_batch,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -96,6 +96,7 @@ class Forecaster(L.LightningModule):
         self.loss_fn = LOSSES[loss]()
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.metrics = nn.ModuleDict({"val": metrics(), "test": metrics()})
+        self.losses = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})  # val/loss, test/loss
         # Epoch means in original units, model and baselines on the same windows (see baselines.py).
         names = ["mse_orig", "qlike", "hit_rate", "up_share"]
         names += [f"baseline_{m}_{b}" for m in ("mse", "qlike") for b in ("naive", "mean", "har")]
@@ -126,12 +127,13 @@ class Forecaster(L.LightningModule):
             y = y[:, -1]
         else:
             loss = self.loss_fn(pred, y)
-        # sync_dist: under DDP the epoch value is averaged over ranks (a no-op in one process).
-        self.log(
-            f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True, batch_size=len(y),
-            sync_dist=stage != "train",
-        )  # fmt: skip
-        if stage != "train":
+        if stage == "train":
+            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
+        else:
+            # A MeanMetric, not self.log(..., sync_dist=True): its sums reduce exactly across DDP
+            # ranks holding unequal numbers of windows (sync_dist's mean truncates the summed count).
+            self.losses[stage].update(loss.detach(), weight=len(y))
+            self.log(f"{stage}/loss", self.losses[stage], prog_bar=True)
             for name, metric in self.metrics[stage].items():
                 if name.endswith("_orig"):  # undo the target scaling
                     metric.update(pred * batch["y_scale"] + batch["y_loc"], y * batch["y_scale"] + batch["y_loc"])

@@ -1,0 +1,97 @@
+"""Forecast versus actual, in the target's original units, for one ticker: TensorBoard images
+`forecast/val` (every `every_n_epochs` validation epochs) and `forecast/test` (in `test`)."""
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from matplotlib.figure import Figure
+
+from forecasting.callbacks.common import tensorboard
+from forecasting.data.datamodule import PriceDataModule
+
+
+class ForecastPlot(Callback):
+    """ticker: the series to draw; default the split's first. The first horizon step is drawn.
+
+    With a PriceDataModule the x axis is the date each forecast was made (its target is the next
+    trading day); with other data (batches holding x, y, y_loc, y_scale, row) it is the row index.
+    Costs one extra forward pass over that ticker's windows (at most `max_points`), rank zero
+    only; under DDP rank zero sees only its shard (every world_size-th window).
+    """
+
+    def __init__(self, ticker: str | None = None, every_n_epochs: int = 1, max_points: int = 2000):
+        self.ticker, self.every_n_epochs, self.max_points = ticker, every_n_epochs, max_points
+        self.drawn: dict | None = None  # the last figure's data (ticker, rows, x, forecast, actual)
+
+    def _start(self, trainer, stage: str) -> None:
+        due = stage == "test" or (not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0)
+        self._active = due and tensorboard(trainer) is not None
+        self._parts, self._wanted, self._dates = [], None, None
+        dm = trainer.datamodule
+        if self._active and isinstance(dm, PriceDataModule):
+            # Which rows belong to the ticker: looked up once per epoch, not per batch.
+            ends = dm.dataset(stage).ends
+            where = dm.describe_rows(ends, stage)
+            self._ticker = self.ticker or where["ticker"].iat[0]
+            mine = torch.from_numpy((where["ticker"] == self._ticker).to_numpy().copy())
+            self._wanted = torch.zeros(int(ends.max()) + 1, dtype=torch.bool)
+            self._wanted[ends[mine]] = True
+            self._dates = dict(zip(ends[mine].tolist(), where["date"][mine.numpy()], strict=True))
+        else:
+            self._ticker = None
+
+    def _collect(self, pl_module, batch: dict) -> None:
+        if not self._active or sum(len(p[0]) for p in self._parts) >= self.max_points:
+            return
+        rows = batch["row"].cpu()
+        keep = self._wanted[rows] if self._wanted is not None else torch.ones(len(rows), dtype=torch.bool)
+        if not keep.any():
+            return
+        mask = keep.to(batch["x"].device)
+        loc, scale, y = batch["y_loc"][mask], batch["y_scale"][mask], batch["y"][mask]
+        y = y[:, -1] if y.dim() == 3 else y  # dense targets: the window's last step
+        forecast = pl_module(batch["x"][mask]) * scale + loc
+        self._parts.append((rows[keep], forecast[:, 0].float().cpu(), (y * scale + loc)[:, 0].float().cpu()))
+
+    def _draw(self, trainer, stage: str) -> None:
+        if not self._active:
+            return
+        if not self._parts:
+            rank_zero_warn(f"ForecastPlot: no {stage} windows of ticker {self._ticker!r}; nothing drawn")
+            return
+        rows, forecast, actual = (torch.cat(column) for column in zip(*self._parts, strict=True))
+        order = rows.argsort()
+        rows, forecast, actual = rows[order].numpy(), forecast[order].numpy(), actual[order].numpy()
+        x = [self._dates[r] for r in rows.tolist()] if self._dates is not None else rows
+        fig = Figure(figsize=(8, 3.5))  # no layout engine: it would double the drawing time
+        fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.18)
+        ax = fig.add_subplot()
+        ax.plot(x, actual, lw=1, label="actual")
+        ax.plot(x, forecast, lw=1, label="forecast")
+        ax.set_xlabel("forecast date" if self._dates is not None else "row")
+        ax.set_ylabel(getattr(trainer.datamodule, "target", None) or "target")
+        mae = float(np.mean(np.abs(forecast - actual)))
+        name = f"{self._ticker}, " if self._ticker else ""
+        ax.set_title(f"{stage}: {name}step {trainer.global_step}, MAE {mae:.3g} (original units)")
+        ax.legend(loc="upper left")
+        tensorboard(trainer).add_figure(f"forecast/{stage}", fig, trainer.global_step)
+        self.drawn = dict(ticker=self._ticker, rows=rows, x=x, forecast=forecast, actual=actual)
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self._start(trainer, "val")
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._collect(pl_module, batch)
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        self._draw(trainer, "val")
+
+    def on_test_epoch_start(self, trainer, pl_module):
+        self._start(trainer, "test")
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._collect(pl_module, batch)
+
+    def on_test_epoch_end(self, trainer, pl_module):
+        self._draw(trainer, "test")

@@ -1,0 +1,56 @@
+"""Gradient flow over time, the vanishing-gradient measurement.
+
+On a fixed validation batch: the norm of the gradient of the loss (forecast at the last step)
+with respect to the input at each time step, ||dL/dx_t|| over the batch and features. Input
+t reaches the forecast through T-1-t recurrent steps, so the curve from the last step back
+to the first shows how much signal backpropagation carries across the window.
+
+  grad_flow/first_to_last        ||dL/dx_0|| / ||dL/dx_{T-1}||; 1e-8 means the start of the window
+                                 cannot teach the model anything
+  grad_flow/log10_first_to_last  the same in decades (readable on a linear axis)
+  grad_flow/per_step             figure: the norms, log scale, against steps back from the last
+"""
+
+import contextlib
+import math
+
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from forecasting.callbacks.common import FixedBatchCallback, log_scalars, tensorboard
+
+
+def gradient_flow(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn=None) -> torch.Tensor:
+    """Norm of dL/dx_t for each t = 0..T-1 (first to last), for any `net(x) -> (outputs per step, state)`."""
+    loss_fn = loss_fn or nn.MSELoss()
+    x = x.detach().clone().requires_grad_(True)
+    # cuDNN refuses an RNN backward in eval mode; the native kernels do not.
+    with torch.backends.cudnn.flags(enabled=False) if x.is_cuda else contextlib.nullcontext():
+        out, _ = net(x)
+        target = y[:, -1] if y.dim() == 3 else y  # dense targets: the last step's
+        (grad,) = torch.autograd.grad(loss_fn(out[:, -1], target), x)
+    return torch.linalg.vector_norm(grad, dim=(0, 2))
+
+
+class GradientFlow(FixedBatchCallback):
+    """See the module docstring; interval and batch as in FixedBatchCallback. Needs `pl_module.net`."""
+
+    def measure(self, trainer, pl_module, batch):
+        if not isinstance(getattr(pl_module, "net", None), nn.Module):
+            return
+        norms = gradient_flow(pl_module.net, batch["x"], batch["y"], getattr(pl_module, "loss_fn", None))
+        norms = norms.double().cpu()
+        ratio = float(norms[0] / norms[-1].clamp(min=1e-300))
+        log10 = math.log10(max(ratio, 1e-300))
+        log_scalars(trainer, {"grad_flow/first_to_last": ratio, "grad_flow/log10_first_to_last": log10})
+        writer = tensorboard(trainer)
+        if writer is not None:
+            fig = Figure(figsize=(6, 3.5))  # no layout engine: it would double the drawing time
+            fig.subplots_adjust(left=0.14, right=0.97, top=0.9, bottom=0.14)
+            ax = fig.add_subplot()
+            ax.semilogy(range(len(norms)), norms.flip(0).numpy())
+            ax.set_xlabel("steps back from the last input")
+            ax.set_ylabel("||dL/dx_t||")
+            ax.set_title(f"gradient flow at step {trainer.global_step}: first/last = {ratio:.2g}")
+            writer.add_figure("grad_flow/per_step", fig, trainer.global_step)

@@ -1,0 +1,88 @@
+"""Gradient norms, the place where exploding gradients show up as spikes.
+
+Logged every `every_n_steps` optimiser steps (a truncated-BPTT chunk is a step):
+  grad_norm/total_pre_clip    L2 norm of all gradients as backpropagation produced them
+  grad_norm/total_post_clip   the same after clipping, derived from the clip settings: min(pre, clip_val)
+                              for 'norm' (what Lightning's clip leaves, to 1e-6), the norm of the clamped
+                              gradients for 'value'; equal to pre when clipping is off
+  grad_norm/max_pre_clip      the largest pre-clip norm of the interval: a spike between two logged steps shows
+  grad_norm/clip_fraction     share of the interval's steps on which clipping changed the gradients
+  grad_norm/l<k>_input_to_hidden, grad_norm/l<k>_hidden_to_hidden, grad_norm/head   pre-clip, per layer
+The norms are computed on every step (cheap: one norm per parameter, no host sync) so that the
+fraction and the maximum cover the whole interval.
+"""
+
+import re
+
+import torch
+from lightning.pytorch import Callback
+
+from forecasting.callbacks.common import log_scalars
+
+RNN_PARAM = re.compile(r"(weight|bias)_(ih|hh)_l(\d+)(_reverse)?$")
+
+
+def layer_of(name: str) -> str:
+    """'net.rnn.weight_hh_l1' -> 'l1_hidden_to_hidden', 'net.head.bias' -> 'head'."""
+    match = RNN_PARAM.search(name)
+    if match:
+        kind = "input" if match[2] == "ih" else "hidden"
+        return f"l{match[3]}{match[4] or ''}_{kind}_to_hidden"
+    return name.removeprefix("net.").split(".")[0]
+
+
+def clip_settings(trainer, pl_module) -> tuple[float | None, str]:
+    """The module's clipping keys (both BPTT modes), else the Trainer's (full BPTT only)."""
+    hparams = getattr(pl_module, "hparams", {})
+    if hparams.get("gradient_clip_val") is not None:
+        return hparams["gradient_clip_val"], hparams.get("gradient_clip_algorithm", "norm")
+    return trainer.gradient_clip_val or None, "value" if trainer.gradient_clip_algorithm == "value" else "norm"
+
+
+class GradientNorms(Callback):
+    def __init__(self, every_n_steps: int = 10):
+        self.every_n_steps = every_n_steps
+        self._reset()
+
+    def _reset(self):
+        self._steps, self._clipped, self._max = 0, 0.0, 0.0
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        named = [(n, p.grad.detach()) for n, p in pl_module.named_parameters() if p.grad is not None]
+        if not named:
+            return
+        norms = torch.stack([torch.linalg.vector_norm(g.float()) for _, g in named])
+        total = torch.linalg.vector_norm(norms)
+        clip_val, algorithm = clip_settings(trainer, pl_module)
+        if clip_val is None:
+            clipped = torch.zeros((), device=total.device)
+        elif algorithm == "value":
+            clipped = (torch.stack([g.abs().max() for _, g in named]).max() > clip_val).float()
+        else:
+            clipped = (total > clip_val).float()
+        # Accumulate as tensors: no device-to-host sync except on the logging step.
+        self._steps += 1
+        self._clipped = self._clipped + clipped
+        self._max = torch.maximum(torch.as_tensor(self._max, device=total.device), total)
+        if self._steps < self.every_n_steps:
+            return
+        if clip_val is None:
+            post = total
+        elif algorithm == "value":
+            clamped = [torch.linalg.vector_norm(g.float().clamp(-clip_val, clip_val)) for _, g in named]
+            post = torch.linalg.vector_norm(torch.stack(clamped))
+        else:
+            post = total.clamp(max=clip_val)
+        metrics = {
+            "grad_norm/total_pre_clip": total,
+            "grad_norm/total_post_clip": post,
+            "grad_norm/max_pre_clip": self._max,
+            "grad_norm/clip_fraction": self._clipped / self._steps,
+        }
+        groups: dict[str, list[torch.Tensor]] = {}
+        for (name, _), norm in zip(named, norms, strict=True):
+            groups.setdefault(layer_of(name), []).append(norm)
+        for layer, layer_norms in groups.items():
+            metrics[f"grad_norm/{layer}"] = torch.linalg.vector_norm(torch.stack(layer_norms))
+        log_scalars(trainer, {k: float(v) for k, v in metrics.items()})
+        self._reset()

@@ -1,0 +1,323 @@
+"""`python -m forecasting diagnose --config ...`: why is my LSTM not learning?
+
+Trains a short while (`--steps`, default 200 optimiser steps, without the LR
+schedule and without validation until the end), measures each known
+cause of an LSTM not learning, and prints one line per check: PASS / WARN / FAIL,
+the number measured, and the config change to try. The report also goes to
+`<log dir>/diagnose.txt` and to TensorBoard as text.
+
+Each check is a small function of measured numbers (tests feed them broken and
+healthy cases); `run_diagnose` does the measuring.
+"""
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.tuner import Tuner
+from torch import nn
+
+from forecasting.callbacks.gate_saturation import lstm_gates, saturated
+from forecasting.callbacks.grad_flow import gradient_flow
+from forecasting.callbacks.grad_norms import clip_settings
+from forecasting.data import features as F
+
+PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
+PRICE_LEVELS = {"open", "high", "low", "close", "adj_close", "price"}
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    measured: str
+    advice: str = ""
+
+    def __str__(self) -> str:
+        return f"[{self.status}] {self.name}: {self.measured}" + (f"\n       -> {self.advice}" if self.advice else "")
+
+
+# ---------------------------------------------------------------------------- checks
+def check_exploding(pre_clip: list[float], clip_val: float | None, nonfinite: bool) -> Check:
+    name = "1. exploding gradients"
+    if nonfinite or not all(map(math.isfinite, pre_clip)):
+        return Check(
+            name,
+            FAIL,
+            "loss or gradients became NaN/Inf",
+            "lower model.optimizer.init_args.lr, set model.gradient_clip_val: 1.0, check input scaling",
+        )
+    norms = np.asarray(pre_clip)
+    median, peak = float(np.median(norms)), float(norms.max())
+    clipped = float((norms > clip_val).mean()) if clip_val else 0.0
+    measured = f"pre-clip norm median {median:.3g}, max {peak:.3g}; clipped on {clipped:.0%} of steps"
+    if clip_val is None and peak > 10 * median:
+        return Check(name, WARN, measured + " (no clipping)", "set model.gradient_clip_val: 1.0 (norm clipping)")
+    if clipped > 0.9:
+        return Check(
+            name,
+            WARN,
+            measured,
+            f"clipping on nearly every step rescales every update: raise model.gradient_clip_val "
+            f"towards the median norm ({median:.2g}) so that it only cuts spikes",
+        )
+    return Check(name, PASS, measured)
+
+
+def check_vanishing(first_to_last: float, forget_saturated: float | None) -> Check:
+    name = "2. vanishing gradients"
+    measured = f"gradient flow first/last step {first_to_last:.2g}"
+    if forget_saturated is not None:
+        measured += f"; forget gates saturated {forget_saturated:.0%}"
+    if first_to_last < 1e-6:
+        return Check(
+            name,
+            FAIL,
+            measured,
+            "the start of the window teaches nothing: use model.cell: lstm with init: orthogonal and "
+            "forget_bias: 1.0, a shorter data.window, or model.tbptt_steps",
+        )
+    if first_to_last < 1e-3 or (forget_saturated or 0) > 0.5:
+        return Check(name, WARN, measured, "check model.forget_bias (1.0) and the learning rate; shorten the window")
+    return Check(name, PASS, measured)
+
+
+def check_init(weight_hh: list[torch.Tensor], hidden: int, forget_bias: float | None, window: int) -> Check:
+    """weight_hh: each layer's recurrent matrix (gates stacked); forget_bias: mean LSTM forget-gate bias."""
+    name = "3. initialisation"
+    sv = torch.cat([torch.linalg.svdvals(b.float()) for w in weight_hh for b in w.detach().split(hidden)])
+    lo, hi = float(sv.min()), float(sv.max())
+    measured = f"recurrent singular values {lo:.2g}..{hi:.2g}"
+    if forget_bias is not None:
+        measured += f"; forget-gate bias {forget_bias:.2g}"
+    if forget_bias is not None and forget_bias < 0.5 and window > 50:
+        return Check(
+            name,
+            WARN,
+            measured,
+            f"a forget bias near 0 forgets within a few steps of a {window}-step window: set model.forget_bias: 1.0",
+        )
+    if hi > 2 or lo < 0.05:
+        return Check(name, WARN, measured, "singular values far from 1: set model.init: orthogonal")
+    return Check(name, PASS, measured)
+
+
+def check_scaling(train_x: torch.Tensor, names: list[str], scaler: str | None, raw_scale: list[float] | None) -> Check:
+    """train_x: (samples, features) of scaled training inputs; raw_scale: each feature's raw spread."""
+    name = "4. input scaling"
+    mean, std = train_x.mean(0), train_x.std(0)
+    worst = int(torch.argmax(mean.abs() + (std.log()).abs()))
+    measured = f"scaled train features mean {mean.abs().max():.2g} (max |.|), std {std.min():.2g}..{std.max():.2g}"
+    if raw_scale:
+        spread = max(raw_scale) / max(min(raw_scale), 1e-300)
+        measured += f"; raw scales span {spread:.2g}x"
+        if scaler == "none" and spread > 100:
+            return Check(name, FAIL, measured, "features differ by orders of magnitude: set data.scaler: standard")
+    if scaler == "none":
+        return Check(name, WARN, measured, "scaling is off: set data.scaler: standard (fitted on train rows only)")
+    if mean.abs().max() > 1 or std.max() > 10 or std.min() < 0.1:
+        return Check(name, WARN, measured, f"'{names[worst]}' is far from mean 0 / std 1: use data.scaler: robust")
+    return Check(name, PASS, measured)
+
+
+def check_learning_rate(losses: list[float], lr: float | None, suggested: float | None) -> Check:
+    name = "5. learning rate"
+    n = max(len(losses) // 5, 1)
+    first, last = float(np.mean(losses[:n])), float(np.mean(losses[-n:]))
+    measured = f"train loss {first:.3g} -> {last:.3g}"
+    if lr is not None and suggested is not None:
+        measured += f"; lr {lr:.2g}, lr_find suggests {suggested:.2g}"
+    if not math.isfinite(last) or last > first * 1.05:
+        return Check(name, FAIL, measured, "the loss rises: divide model.optimizer.init_args.lr by 10")
+    if last > first * 0.98:
+        advice = "the loss is flat: try the lr_find suggestion" if suggested else "the loss is flat: run lr_find"
+        return Check(name, WARN, measured, advice)
+    if lr is not None and suggested is not None and not 0.05 < lr / suggested < 20:
+        return Check(name, WARN, measured, f"set model.optimizer.init_args.lr near {suggested:.2g}")
+    return Check(name, PASS, measured)
+
+
+def check_sequence_length(flow: torch.Tensor, window: int, tbptt: int | None) -> Check:
+    """flow: ||dL/dx_t|| for t = first..last step of the window."""
+    name = "6. sequence length"
+    back = flow.flip(0) / flow[-1].clamp(min=1e-30)
+    dead = torch.nonzero(back < 1e-3)
+    memory = int(dead[0]) if len(dead) else window
+    measured = f"gradient falls below 1e-3 of the last step's after {memory} of {window} steps"
+    if memory < window / 2 and tbptt is None:
+        return Check(
+            name,
+            WARN,
+            measured,
+            f"the first {window - memory} steps barely train: set data.window near {max(memory, 2)} "
+            f"or model.tbptt_steps: {max(memory, 2)}",
+        )
+    return Check(name, PASS, measured)
+
+
+def check_baselines(skills: dict[str, float], corr_with_last: float | None) -> Check:
+    name = "7. beating baselines"
+    if not skills:
+        return Check(name, WARN, "no baselines from this data module")
+    measured = ", ".join(f"skill vs {k} {v:+.3f}" for k, v in skills.items())
+    if corr_with_last is not None:
+        measured += f"; corr(forecast, last value) {corr_with_last:.2f}"
+    if corr_with_last is not None and corr_with_last > 0.95 and skills.get("naive", 1) < 0.05:
+        return Check(name, FAIL, measured, "the model copies the last value: train longer, check lr and features")
+    if max(skills.values()) <= 0:
+        return Check(
+            name,
+            WARN,
+            measured,
+            "no better than a baseline yet: train longer (fit), then compare; in finance this can be the truth",
+        )
+    return Check(name, PASS, measured)
+
+
+def check_target(target: str | None) -> Check:
+    name = "8. target choice"
+    if target is None:
+        return Check(name, PASS, "synthetic target")
+    if target in PRICE_LEVELS or (target not in F.TRANSFORMS and "price" in target):
+        return Check(
+            name,
+            FAIL,
+            f"target '{target}' is a price level (non-stationary)",
+            "forecast data.target: log_return or gk_log_var; a level's best forecast is yesterday's",
+        )
+    return Check(name, PASS, f"target '{target}'" + (" (a stationary transform)" if target in F.TRANSFORMS else ""))
+
+
+# ---------------------------------------------------------------------------- measuring
+def suggested_lr(finder) -> tuple[float | None, float]:
+    """(suggestion, lr at the lowest loss) from Lightning's LR finder.
+
+    Lightning suggests the steepest descent after `skip_begin` points; the smoothed loss
+    often first RISES while its running mean warms up, and a wiggle there would win.
+    Look only after that initial peak."""
+    losses = np.asarray(finder.results["loss"], dtype=float)
+    peak = int(np.nanargmax(losses[: max(len(losses) // 2, 1)]))
+    at_min = float(finder.results["lr"][int(np.nanargmin(losses))])
+    return finder.suggestion(skip_begin=max(10, peak)), at_min
+
+
+class Recorder(L.Callback):
+    """Pre-clip total gradient norm of every optimiser step and the training loss of every batch."""
+
+    def __init__(self):
+        self.norms, self.losses, self.nonfinite = [], [], False
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+        self.norms.append(norm)
+        if not math.isfinite(norm):
+            self.nonfinite, trainer.should_stop = True, True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            self.losses.append(float(loss))
+            self.nonfinite |= not math.isfinite(self.losses[-1])
+
+
+def run_diagnose(trainer: L.Trainer, model: L.LightningModule, dm: L.LightningDataModule, steps: int, lr_find: bool):
+    hp = model.hparams
+    window = getattr(dm, "window", None) or getattr(dm, "seq_len", 0)
+    rnn = model.net.rnn
+    hidden = rnn.hidden_size
+    weight_hh = [getattr(rnn, f"weight_hh_l{k}") for k in range(rnn.num_layers)]
+    forget = None
+    if isinstance(rnn, nn.LSTM):
+        forget = float(
+            torch.stack(
+                [
+                    (getattr(rnn, f"bias_ih_l{k}") + getattr(rnn, f"bias_hh_l{k}"))[hidden : 2 * hidden]
+                    for k in range(rnn.num_layers)
+                ]
+            ).mean()
+        )
+    checks = {"init": check_init(weight_hh, hidden, forget, window)}
+
+    dm.setup("fit")
+    train = dm.train_dataloader().dataset
+    batch = train.__getitems__(list(range(min(len(train), 4096))))
+    x_last = batch["x"][:, -1]
+    stats = getattr(dm, "stats", None) or {}
+    raw_scale = [float(v) for v in stats["scale"][0]] if stats.get("scale") else None
+    names = list(getattr(dm, "features", [f"x{i}" for i in range(x_last.shape[1])]))
+    checks["scaling"] = check_scaling(x_last, names, getattr(dm, "scaler", None), raw_scale)
+
+    optimizer = model.configure_optimizers()  # a throwaway, only to read the configured lr
+    lr = (optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer).param_groups[0]["lr"]
+    suggested = None
+    if lr_find:
+        probe = copy.deepcopy(model)
+        probe.hparams.tbptt_steps, probe.automatic_optimization, probe.lr_scheduler = None, True, None
+        finder = Tuner(quiet_trainer()).lr_find(
+            probe, datamodule=dm, min_lr=1e-6, max_lr=1.0, num_training=60, update_attr=False
+        )
+        suggested = suggested_lr(finder)[0] if finder is not None else None
+
+    recorder = Recorder()
+    scheduler, model.lr_scheduler = model.lr_scheduler, None  # a few hundred steps: no schedule, no validation
+    try:
+        quiet_trainer(max_steps=steps, callbacks=[recorder]).fit(model, dm)
+    finally:
+        model.lr_scheduler = scheduler
+    checks["exploding"] = check_exploding(recorder.norms, clip_settings(trainer, model)[0], recorder.nonfinite)
+    checks["lr"] = check_learning_rate(recorder.losses or [float("nan")], lr, suggested)
+
+    metrics = quiet_trainer(limit_val_batches=1.0).validate(model, dm, verbose=False)[0]
+    val = dm.val_dataloader().dataset
+    vbatch = val.__getitems__(list(range(min(len(val), 256))))
+    model.eval()
+    with torch.enable_grad():
+        flow = gradient_flow(model.net, vbatch["x"], vbatch["y"], model.loss_fn).double()
+    gates = None
+    if isinstance(rnn, nn.LSTM):
+        gates = saturated(torch.stack([f for _, f in lstm_gates(rnn, vbatch["x"])[0]]))
+    checks["vanishing"] = check_vanishing(float(flow[0] / flow[-1].clamp(min=1e-300)), gates)
+    checks["length"] = check_sequence_length(flow, flow.shape[0], hp.get("tbptt_steps"))
+
+    skills = {k.removeprefix("val/skill_vs_"): float(v) for k, v in metrics.items() if k.startswith("val/skill_vs_")}
+    corr = None
+    if "naive" in vbatch.get("baselines", {}):
+        with torch.no_grad():
+            pred = model(vbatch["x"])[:, 0] * vbatch["y_scale"][:, 0] + vbatch["y_loc"][:, 0]
+        naive = vbatch["baselines"]["naive"][:, 0]
+        corr = float(torch.corrcoef(torch.stack([pred, naive]))[0, 1])
+    checks["baselines"] = check_baselines(skills, corr)
+    checks["target"] = check_target(getattr(dm, "target", None) if hasattr(dm, "stats") else None)
+    order = ("exploding", "vanishing", "init", "scaling", "lr", "length", "baselines", "target")
+    return [checks[k] for k in order]
+
+
+def quiet_trainer(**kwargs) -> L.Trainer:
+    """A Trainer that writes nothing: diagnose measures, the report is its only output."""
+    settings = dict(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    return L.Trainer(**{**settings, **kwargs})
+
+
+def report(checks: list[Check], log_dir: str | None, writer=None) -> str:
+    counts = {s: sum(c.status == s for c in checks) for s in (FAIL, WARN, PASS)}
+    text = "\n".join(map(str, checks)) + f"\n\n{counts[FAIL]} FAIL, {counts[WARN]} WARN, {counts[PASS]} PASS"
+    if log_dir:
+        path = Path(log_dir) / "diagnose.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+        text += f"\n(report saved to {path})"
+    if writer is not None:
+        writer.add_text("diagnose", "\n".join("    " + line for line in text.splitlines()))
+    return text
