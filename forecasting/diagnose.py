@@ -192,6 +192,44 @@ def check_target(target: str | None) -> Check:
     return Check(name, PASS, f"target '{target}'" + (" (a stationary transform)" if target in F.TRANSFORMS else ""))
 
 
+def check_overfit(first: float, last: float, steps: int) -> Check:
+    name = "0. overfit one batch"
+    measured = f"loss on one batch {first:.3g} -> {last:.3g} in {steps} steps ({first / max(last, 1e-12):.1f}x)"
+    if not math.isfinite(last) or last > first / 10:
+        return Check(
+            name,
+            FAIL,
+            measured,
+            "the model cannot even memorise one batch: the model or the data pipeline is broken "
+            "(targets misaligned with inputs, frozen parameters, a learning rate far off); fix this first",
+        )
+    return Check(name, PASS, measured)
+
+
+def check_copying(best_lag: int, lag_corr: float, corr_with_last: float | None, std_ratio: float) -> Check:
+    name = "9. copying or flat forecasts"
+    measured = f"best lag {best_lag} (corr {lag_corr:.2f}), forecast std / target std {std_ratio:.2f}"
+    if corr_with_last is not None:
+        measured += f", corr with last input {corr_with_last:.2f}"
+    if best_lag == 1 and (corr_with_last or 0) > 0.95:
+        return Check(
+            name,
+            FAIL,
+            measured,
+            "the forecast is yesterday's value: the model learned persistence only; try a stationary "
+            "target (returns, log variance), more training, or a learning rate from lr_find",
+        )
+    if std_ratio < 0.1:
+        return Check(
+            name,
+            WARN,
+            measured,
+            "a flat forecast near the mean: lower model.dropout or weight_decay, try the lr_find rate, "
+            "check that the target is scaled, train longer",
+        )
+    return Check(name, PASS, measured)
+
+
 # ---------------------------------------------------------------------------- measuring
 def suggested_lr(finder) -> tuple[float | None, float]:
     """(suggestion, lr at the lowest loss) from Lightning's LR finder.
@@ -225,6 +263,28 @@ class Recorder(L.Callback):
             self.nonfinite |= not math.isfinite(self.losses[-1])
 
 
+def overfit_one_batch(model: L.LightningModule, batch: dict, steps: int = 300) -> tuple[float, float]:
+    """Train a copy of the network on one batch with the configured optimiser, without dropout,
+    and return the first and the final loss."""
+    torch.manual_seed(0)
+    net = copy.deepcopy(model.net).train()
+    for module in net.modules():  # memorising needs no regularisation
+        if isinstance(module, nn.RNNBase):
+            module.dropout = 0.0
+        elif isinstance(module, nn.Dropout):
+            module.p = 0.0
+    optimizer = model.optimizer(net.parameters())
+    y = batch["y"][:, -1] if batch["y"].dim() == 3 else batch["y"]
+    losses = []
+    for _ in range(steps):
+        loss = model.loss_fn(net(batch["x"])[0][:, -1], y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses[0], min(losses[-10:])
+
+
 def run_diagnose(trainer: L.Trainer, model: L.LightningModule, dm: L.LightningDataModule, steps: int, lr_find: bool):
     hp = model.hparams
     window = getattr(dm, "window", None) or getattr(dm, "seq_len", 0)
@@ -246,6 +306,8 @@ def run_diagnose(trainer: L.Trainer, model: L.LightningModule, dm: L.LightningDa
     dm.setup("fit")
     train = dm.train_dataloader().dataset
     batch = train.__getitems__(list(range(min(len(train), 4096))))
+    one = train.__getitems__(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:64].tolist())
+    checks["overfit"] = check_overfit(*overfit_one_batch(model, one), steps=300)
     x_last = batch["x"][:, -1]
     stats = getattr(dm, "stats", None) or {}
     raw_scale = [float(v) for v in stats["scale"][0]] if stats.get("scale") else None
@@ -292,9 +354,12 @@ def run_diagnose(trainer: L.Trainer, model: L.LightningModule, dm: L.LightningDa
         naive = vbatch["baselines"]["naive"][:, 0]
         corr = float(torch.corrcoef(torch.stack([pred, naive]))[0, 1])
     checks["baselines"] = check_baselines(skills, corr)
+    copying = [metrics.get(k) for k in ("val/best_lag", "val/best_lag_corr", "val/pred_std_ratio")]
+    if None not in copying:
+        checks["copying"] = check_copying(int(copying[0]), copying[1], corr, copying[2])
     checks["target"] = check_target(getattr(dm, "target", None) if hasattr(dm, "stats") else None)
-    order = ("exploding", "vanishing", "init", "scaling", "lr", "length", "baselines", "target")
-    return [checks[k] for k in order]
+    order = ("overfit", "exploding", "vanishing", "init", "scaling", "lr", "length", "baselines", "target", "copying")
+    return [checks[k] for k in order if k in checks], stats.get("ranges")
 
 
 def quiet_trainer(**kwargs) -> L.Trainer:
@@ -310,9 +375,11 @@ def quiet_trainer(**kwargs) -> L.Trainer:
     return L.Trainer(**{**settings, **kwargs})
 
 
-def report(checks: list[Check], log_dir: str | None, writer=None) -> str:
+def report(checks: list[Check], log_dir: str | None, writer=None, ranges: dict | None = None) -> str:
     counts = {s: sum(c.status == s for c in checks) for s in (FAIL, WARN, PASS)}
     text = "\n".join(map(str, checks)) + f"\n\n{counts[FAIL]} FAIL, {counts[WARN]} WARN, {counts[PASS]} PASS"
+    if ranges:  # the leakage audit: what each part of the pipeline saw
+        text += "\n\ndays covered: " + "; ".join(f"{k} {v[0]}..{v[1]}" for k, v in ranges.items())
     if log_dir:
         path = Path(log_dir) / "diagnose.txt"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -69,7 +69,7 @@ class ForecastingTrainer(L.Trainer):
     ) -> None:
         """Train `steps` optimiser steps on a copy of the setup and print a PASS / WARN / FAIL
         report on each known cause of an LSTM not learning (forecasting/diagnose.py)."""
-        checks = run_diagnose(self, model, datamodule, steps, lr_find)
+        checks, ranges = run_diagnose(self, model, datamodule, steps, lr_find)
         if self.is_global_zero:
             writer = next((lg.experiment for lg in self.loggers if isinstance(lg, TensorBoardLogger)), None)
-            print(report(checks, self.log_dir, writer))
+            print(report(checks, self.log_dir, writer, ranges))

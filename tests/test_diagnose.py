@@ -86,6 +86,31 @@ def test_baselines_flag_copying_and_losing():
     assert D.check_baselines({"naive": 0.3, "har": 0.01}, corr_with_last=0.7).status == D.PASS
 
 
+@pytest.fixture
+def one_batch(prices_csv):
+    dm = PriceDataModule(**dm_kwargs(prices_csv))
+    dm.setup("fit")
+    return dm.dataset("train").__getitems__(list(range(0, 320, 5)))  # 64 windows
+
+
+@pytest.mark.parametrize("broken", ["healthy", "frozen", "lr"])
+def test_overfit_one_batch_flags_frozen_parameters_and_a_far_off_learning_rate(one_batch, broken):
+    lr = 1e-7 if broken == "lr" else 1e-3
+    torch.manual_seed(0)
+    model = Forecaster(n_features=3, optimizer=lambda p: torch.optim.Adam(p, lr=lr))
+    if broken == "frozen":  # e.g. a backbone left frozen after fine-tuning code
+        model.net.rnn.requires_grad_(False)
+    first, last = D.overfit_one_batch(model, one_batch, steps=200)
+    check = D.check_overfit(first, last, 200)
+    assert check.status == (D.PASS if broken == "healthy" else D.FAIL)
+
+
+def test_copying_flags_persistence_and_flat_forecasts():
+    assert D.check_copying(1, 0.99, 0.99, 0.9).status == D.FAIL
+    assert D.check_copying(0, 0.6, 0.4, 0.03).status == D.WARN
+    assert D.check_copying(0, 0.6, 0.4, 0.7).status == D.PASS
+
+
 def test_target_flags_price_levels():
     assert D.check_target("close").status == D.FAIL
     assert D.check_target("gk_log_var").status == D.PASS
@@ -95,8 +120,9 @@ def test_diagnose_subcommand_prints_and_saves_the_report(cli_args, tmp_path, cap
     main(cli_args("diagnose", "configs/volatility.yaml", "--steps", "20", "--lr_find", "false"))
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("[")]
-    assert len(lines) == 8 and all(line[1:5] in ("PASS", "WARN", "FAIL") for line in lines)
-    assert "8. target choice" in out
+    assert len(lines) == 10 and all(line[1:5] in ("PASS", "WARN", "FAIL") for line in lines)
+    assert lines[0].split("] ")[1].startswith("0. overfit one batch")  # reported before anything else
+    assert "8. target choice" in out and "days covered: scaler" in out
     saved = next((tmp_path / "logs").rglob("diagnose.txt")).read_text()
     assert saved.splitlines()[0] == lines[0]
 

@@ -236,9 +236,24 @@ class PriceDataModule(L.LightningDataModule):
             val, test = self.split_dates(frame["time"])
             if self.stats is None:
                 self.stats = self.fit_stats(frame, val, test)
+                self.audit()
+
+    def scaler_rows(self, frame: pd.DataFrame, val: pd.Timestamp) -> pd.DataFrame:
+        """The rows the scaler learns from: every row before the validation start, no later one."""
+        return frame[frame["time"] < val]
+
+    def audit(self) -> None:
+        """Leakage audit: refuse a scaler that saw a validation or test target's day."""
+        scaler_end, val_start = self.stats["ranges"]["scaler"][1], self.stats["val_start"]
+        if scaler_end >= val_start:
+            raise ForecastingError(
+                f"{self.path}: leakage: the scaler was fitted on rows up to {scaler_end}, but validation targets "
+                f"start on {val_start}; fit it on training rows only (PriceDataModule.scaler_rows)"
+            )
+        self.hparams["ranges"] = self.stats["ranges"]  # logged with the hyperparameters
 
     def fit_stats(self, frame: pd.DataFrame, val: pd.Timestamp, test: pd.Timestamp) -> dict:
-        train = frame[frame["time"] < val]
+        train = self.scaler_rows(frame, val)
         groups = train.groupby("ticker", sort=False) if self.scale_per_ticker else [("*", train)]
         stats = {"tickers": [], "center": [], "scale": [], "target_center": [], "target_scale": []}
         for ticker, rows in groups:
@@ -257,8 +272,11 @@ class PriceDataModule(L.LightningDataModule):
         )  # fmt: skip
         series, ticker = frame[f"f:{self.target}"].to_numpy(), frame["ticker"].to_numpy()
         targets = future(series, pd.factorize(ticker)[0], self.horizon)
-        train = (self.target_times(frame)[1] < np.datetime64(val)) & np.isfinite(targets).all(1)
-        stats["baselines"] = baselines.fit(series, ticker, targets, train, self.target)
+        in_train = (self.target_times(frame)[1] < np.datetime64(val)) & np.isfinite(targets).all(1)
+        stats["baselines"] = baselines.fit(series, ticker, targets, in_train, self.target)
+        # Leakage audit trail: first and last day each part of the pipeline covers (plain strings,
+        # in the checkpoint and the hparams). Splits add their target days in dataset().
+        stats["ranges"] = {"scaler": [str(d.date()) for d in (train["time"].min(), train["time"].max())]}
         return stats
 
     # ---------------------------------------------------------------- tensors
@@ -326,6 +344,9 @@ class PriceDataModule(L.LightningDataModule):
             if hi is not None:
                 keep &= last < hi
             ends = ends[torch.from_numpy(keep[ends.numpy()])]
+            if len(ends):
+                days = (pd.Timestamp(first[ends.numpy()].min()), pd.Timestamp(last[ends.numpy()].max()))
+                self.stats.setdefault("ranges", {})[f"{stage}_targets"] = [str(d.date()) for d in days]
             if len(ends) == 0:
                 raise ForecastingError(
                     f"{self.path}: the {stage} split has no windows (split dates {self.stats['val_start']} / "

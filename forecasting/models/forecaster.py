@@ -26,11 +26,13 @@ Example: python -m forecasting fit --config configs/volatility.yaml
 """
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
-from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError
+from torchmetrics import CatMetric, MeanAbsoluteError, MeanMetric, MeanSquaredError
 
+from forecasting import persistence
 from forecasting.errors import ForecastingError
 from forecasting.models.lstm import CELLS, INITS, StackedRNN
 
@@ -97,6 +99,8 @@ class Forecaster(L.LightningModule):
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.metrics = nn.ModuleDict({"val": metrics(), "test": metrics()})
         self.losses = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})  # val/loss, test/loss
+        # The whole validation series (first horizon step), for the persistence and flatness checks.
+        self.val_series = nn.ModuleDict({k: CatMetric() for k in ("row", "forecast", "actual", "last_input")})
         # Epoch means in original units, model and baselines on the same windows (see baselines.py).
         names = ["mse_orig", "qlike", "hit_rate", "up_share"]
         names += [f"baseline_{m}_{b}" for m in ("mse", "qlike") for b in ("naive", "mean", "har")]
@@ -155,6 +159,12 @@ class Forecaster(L.LightningModule):
                 # QLIKE on variances exp(target): robust to noise in the variance proxy (Patton 2011).
                 d = actual - forecast
                 means[f"{prefix}qlike{suffix}"].update(torch.exp(d) - d - 1)
+        if stage == "val":
+            series = {"row": batch["row"].float(), "forecast": pred[:, 0], "actual": actual[:, 0]}
+            if "naive" in batch.get("baselines", {}):
+                series["last_input"] = batch["baselines"]["naive"][:, 0]
+            for name, value in series.items():
+                self.val_series[name].update(value)
         if self.hparams.target_kind == "return":
             means["hit_rate"].update((torch.sign(pred) == torch.sign(actual)).float())
             means["up_share"].update((actual > 0).float())
@@ -173,6 +183,24 @@ class Forecaster(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.log_means("val")
+        self.log_persistence()
+
+    def log_persistence(self) -> None:
+        """val/best_lag 1 with val/corr_with_last_input near 1: the model copies the last value;
+        val/pred_std_ratio below ~0.1: a flat forecast (persistence.py)."""
+        if self.val_series["forecast"].update_count == 0:
+            return
+        values = {k: m.compute().double().cpu().numpy() for k, m in self.val_series.items() if m.update_count > 0}
+        lag, corr = persistence.best_lag(values["row"].astype(np.int64), values["forecast"], values["actual"])
+        self.log("val/best_lag", float(lag))
+        self.log("val/best_lag_corr", corr)
+        self.log("val/pred_std_ratio", persistence.pred_std_ratio(values["forecast"], values["actual"]))
+        if "last_input" in values:
+            self.log(
+                "val/corr_with_last_input", persistence.corr_with_last_input(values["forecast"], values["last_input"])
+            )
+        for metric in self.val_series.values():
+            metric.reset()
 
     def on_test_epoch_end(self) -> None:
         self.log_means("test")
