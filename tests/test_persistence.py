@@ -83,3 +83,18 @@ class LeakyScaler(PriceDataModule):
 def test_a_scaler_fitted_on_all_rows_is_refused(prices_csv):
     with pytest.raises(ForecastingError, match="leakage: the scaler was fitted on rows up to 2021-02-23"):
         LeakyScaler(**dm_kwargs(prices_csv)).setup("fit")
+
+
+def test_gate_norms_of_weight_hh_sum_in_squares_to_the_whole():
+    from forecasting.callbacks.grad_norms import gate_norms
+    from forecasting.models.lstm import StackedRNN
+
+    net = StackedRNN(3, hidden_size=8)
+    out, _ = net(torch.randn(4, 10, 3))
+    out.pow(2).mean().backward()
+    grad = net.rnn.weight_hh_l0.grad
+    norms = gate_norms(grad)
+    assert list(norms) == ["input", "forget", "cell", "output"]
+    total = sum(n**2 for n in norms.values())
+    assert torch.isclose(total, grad.norm() ** 2, rtol=1e-5)
+    assert norms["forget"] == grad[8:16].norm()  # rows 8..15 are the forget gate's

@@ -8,6 +8,7 @@ Logged every `every_n_steps` optimiser steps (a truncated-BPTT chunk is a step):
   grad_norm/max_pre_clip      the largest pre-clip norm of the interval: a spike between two logged steps shows
   grad_norm/clip_fraction     share of the interval's steps on which clipping changed the gradients
   grad_norm/l<k>_input_to_hidden, grad_norm/l<k>_hidden_to_hidden, grad_norm/head   pre-clip, per layer
+  grad_norm/l<k>_{ih,hh}_{input,forget,cell,output}_gate   LSTM only: each gate's block of each weight
 The norms are computed on every step (cheap: one norm per parameter, no host sync) so that the
 fraction and the maximum cover the whole interval.
 """
@@ -37,6 +38,17 @@ def clip_settings(trainer, pl_module) -> tuple[float | None, str]:
     if hparams.get("gradient_clip_val") is not None:
         return hparams["gradient_clip_val"], hparams.get("gradient_clip_algorithm", "norm")
     return trainer.gradient_clip_val or None, "value" if trainer.gradient_clip_algorithm == "value" else "norm"
+
+
+LSTM_GATES = ("input", "forget", "cell", "output")  # PyTorch's order of the four row blocks
+
+
+def gate_norms(grad: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Norms of the four gate blocks of an LSTM weight's gradient (rows i, f, g, o): a dead forget
+    gate shows as a forget norm near zero. Their squares sum to the whole gradient's squared norm."""
+    return {
+        gate: torch.linalg.vector_norm(block.float()) for gate, block in zip(LSTM_GATES, grad.chunk(4), strict=True)
+    }
 
 
 class GradientNorms(Callback):
@@ -84,5 +96,11 @@ class GradientNorms(Callback):
             groups.setdefault(layer_of(name), []).append(norm)
         for layer, layer_norms in groups.items():
             metrics[f"grad_norm/{layer}"] = torch.linalg.vector_norm(torch.stack(layer_norms))
+        if isinstance(getattr(getattr(pl_module, "net", None), "rnn", None), torch.nn.LSTM):
+            for name, grad in named:  # gate-level norms, pre-clip, per layer and weight (ih / hh)
+                match = RNN_PARAM.search(name)
+                if match and match[1] == "weight":
+                    for gate, norm in gate_norms(grad).items():
+                        metrics[f"grad_norm/l{match[3]}{match[4] or ''}_{match[2]}_{gate}_gate"] = norm
         log_scalars(trainer, {k: float(v) for k, v in metrics.items()})
         self._reset()
