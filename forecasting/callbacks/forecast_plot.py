@@ -6,6 +6,7 @@ import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
+from torch import nn
 
 from forecasting.callbacks.common import tensorboard
 from forecasting.data.datamodule import PriceDataModule
@@ -16,18 +17,23 @@ class ForecastPlot(Callback):
 
     With a PriceDataModule the x axis is the date each forecast was made (its target is the next
     trading day); with other data (batches holding x, y, y_loc, y_scale, row) it is the row index.
-    Costs one extra forward pass over that ticker's windows (at most `max_points`), rank zero
-    only; under DDP rank zero sees only its shard (every world_size-th window).
+    The forecasts are those validation computes anyway (a forward hook on `pl_module.net`
+    keeps its last-step output), so the cost is one figure per epoch. Rank zero only; under DDP
+    it sees only its shard (every world_size-th window).
     """
 
     def __init__(self, ticker: str | None = None, every_n_epochs: int = 1, max_points: int = 2000):
         self.ticker, self.every_n_epochs, self.max_points = ticker, every_n_epochs, max_points
         self.drawn: dict | None = None  # the last figure's data (ticker, rows, x, forecast, actual)
+        self._active, self._hook, self._output = False, None, None
 
-    def _start(self, trainer, stage: str) -> None:
+    def _start(self, trainer, pl_module, stage: str) -> None:
         due = stage == "test" or (not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0)
         self._active = due and tensorboard(trainer) is not None
-        self._parts, self._wanted, self._dates = [], None, None
+        self._parts, self._wanted, self._dates, self._output, self._hook = [], None, None, None, None
+        net = getattr(pl_module, "net", None)
+        if self._active and isinstance(net, nn.Module):
+            self._hook = net.register_forward_hook(self._keep_output)
         dm = trainer.datamodule
         if self._active and isinstance(dm, PriceDataModule):
             # Which rows belong to the ticker: looked up once per epoch, not per batch.
@@ -41,7 +47,12 @@ class ForecastPlot(Callback):
         else:
             self._ticker = None
 
+    def _keep_output(self, net, args, output) -> None:
+        out = output[0] if isinstance(output, tuple) else output  # net(x) -> (outputs per step, state)
+        self._output = out[:, -1]  # the forecast made at the end of each window, as in Forecaster
+
     def _collect(self, pl_module, batch: dict) -> None:
+        output, self._output = self._output, None
         if not self._active or sum(len(p[0]) for p in self._parts) >= self.max_points:
             return
         rows = batch["row"].cpu()
@@ -51,10 +62,14 @@ class ForecastPlot(Callback):
         mask = keep.to(batch["x"].device)
         loc, scale, y = batch["y_loc"][mask], batch["y_scale"][mask], batch["y"][mask]
         y = y[:, -1] if y.dim() == 3 else y  # dense targets: the window's last step
-        forecast = pl_module(batch["x"][mask]) * scale + loc
+        if output is not None and len(output) == len(mask):
+            forecast = output[mask] * scale + loc
+        else:  # no `net` to hook, or it ran on something else: a forward pass of our own
+            forecast = pl_module(batch["x"][mask]) * scale + loc
         self._parts.append((rows[keep], forecast[:, 0].float().cpu(), (y * scale + loc)[:, 0].float().cpu()))
 
     def _draw(self, trainer, stage: str) -> None:
+        self._remove_hook()
         if not self._active:
             return
         if not self._parts:
@@ -78,8 +93,16 @@ class ForecastPlot(Callback):
         tensorboard(trainer).add_figure(f"forecast/{stage}", fig, trainer.global_step)
         self.drawn = dict(ticker=self._ticker, rows=rows, x=x, forecast=forecast, actual=actual)
 
+    def _remove_hook(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+        self._hook, self._output = None, None
+
+    def on_exception(self, trainer, pl_module, exception):
+        self._remove_hook()
+
     def on_validation_epoch_start(self, trainer, pl_module):
-        self._start(trainer, "val")
+        self._start(trainer, pl_module, "val")
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         self._collect(pl_module, batch)
@@ -88,7 +111,7 @@ class ForecastPlot(Callback):
         self._draw(trainer, "val")
 
     def on_test_epoch_start(self, trainer, pl_module):
-        self._start(trainer, "test")
+        self._start(trainer, pl_module, "test")
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         self._collect(pl_module, batch)
