@@ -138,6 +138,7 @@ class PriceDataModule(L.LightningDataModule):
         self.stats: dict | None = None  # fitted scaler; restored from a checkpoint by load_state_dict
         self.frames: dict[str, pd.DataFrame] = {}  # "fit" / "predict": validated rows with features
         self._datasets: dict[str, WindowDataset] = {}
+        self._tensors: dict[str, tuple] = {}  # "fit" / "predict": the rows every split of that frame shares
 
     # Sizes the CLI links into the model (cli.py): known without reading any file.
     @property
@@ -184,9 +185,12 @@ class PriceDataModule(L.LightningDataModule):
                 "use a smaller window or a longer file"
             )
         frame = pd.concat(keep, ignore_index=True)
+        # One array per transform, filled per ticker and assigned once (a per-ticker frame.loc
+        # assignment costs O(rows) each time: seconds for hundreds of tickers).
+        columns = {name: np.full(len(frame), np.nan) for name in dict.fromkeys([*self.features, self.target])}
         for ticker, rows in frame.groupby("ticker", sort=False):
             index = rows.index.to_numpy()
-            for name in dict.fromkeys([*self.features, self.target]):
+            for name, column in columns.items():
                 values = F.compute(rows, name)
                 bad = ~np.isfinite(values[F.warmup(name) :])
                 if bad.any():
@@ -195,7 +199,9 @@ class PriceDataModule(L.LightningDataModule):
                         f"{path}: {where(Path(path), int(frame['line'].iat[i]))}: transform '{name}' is not finite for "
                         f"ticker '{ticker}' on {frame['time'].iat[i].date()} (a zero price or volume?); fix the row"
                     )
-                frame.loc[index, f"f:{name}"] = values
+                column[index] = values
+        for name, column in columns.items():
+            frame[f"f:{name}"] = column
         return frame
 
     def split_dates(self, times: pd.Series) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -332,8 +338,10 @@ class PriceDataModule(L.LightningDataModule):
         if which not in self.frames:
             self.setup(stage)
         frame = self.frames[which]
-        x, y, t_loc, t_scale, series, base = self.tensors(frame)
-        ends = valid_ends(series, torch.isnan(x).any(1), self.window)
+        if which not in self._tensors:  # train, val and test share one copy of the rows
+            x, y, t_loc, t_scale, series, base = self.tensors(frame)
+            self._tensors[which] = (x, y, t_loc, t_scale, base, valid_ends(series, torch.isnan(x).any(1), self.window))
+        x, y, t_loc, t_scale, base, ends = self._tensors[which]
         if stage != "predict":
             first, last = self.target_times(frame)
             val, test = (np.datetime64(pd.Timestamp(d)) for d in (self.stats["val_start"], self.stats["test_start"]))
@@ -406,3 +414,4 @@ class PriceDataModule(L.LightningDataModule):
                 )
             self.stats = dict(state)
             self._datasets.clear()  # rebuild with the checkpoint's scaling
+            self._tensors.clear()
