@@ -1,6 +1,6 @@
 """Cost of the TensorBoard diagnostics: training throughput with them at their default intervals versus off.
 
-    python benchmarks/diagnostics_overhead.py [--batches N] [--repeats 3]
+    python benchmarks/diagnostics_overhead.py [--batches N] [--repeats 3] [--threads T]
 
 Trains the default model (2 x 64 LSTM) on the bundled data for one epoch (all training
 batches, or the first `--batches`) plus the whole validation split, both with a
@@ -11,7 +11,8 @@ diagnostics run 8 times as often). Runs alternate so that machine noise hits bot
 throughput is training windows / wall time of the whole fit, validation included (where
 gradient flow, gates and the forecast figure run). On a shared machine the wall-time ratio
 is noisy, so the "on" runs also time every diagnostic hook: the share of the fit spent
-inside them is the cost itself, whatever the other processes do.
+inside them is the cost itself, whatever the other processes do. `--threads 1` also makes
+the timings much less sensitive to other processes (no OpenMP threads waiting on each other).
 """
 
 import argparse
@@ -74,7 +75,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--batches", type=int, default=None, help="training batches per run (default: all)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"# python {' '.join(sys.argv)}")
     print(f"# {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, python {platform.python_version()}, "
           f"torch {torch.__version__}, lightning {L.__version__}")  # fmt: skip

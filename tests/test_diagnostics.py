@@ -81,6 +81,7 @@ def scalars(ea, tag) -> dict[int, float]:
 @pytest.mark.parametrize("tbptt_steps", [None, 8], ids=["full_bptt", "tbptt"])
 def test_every_diagnostic_is_written_in_both_bptt_modes(tmp_path, tbptt_steps):
     net = model(RecordPostClip, tbptt_steps=tbptt_steps, gradient_clip_val=0.3)
+    initial = {name: p.detach().clone().double() for name, p in net.named_parameters()}
     flow = GradientFlow()
     callbacks = [NonFiniteGuard(), GradientNorms(1), GradientHistograms(2), flow, GateSaturation(), ForecastPlot()]
     trainer = fit(net, tmp_path, [*callbacks, HParamsMetric()])
@@ -94,6 +95,10 @@ def test_every_diagnostic_is_written_in_both_bptt_modes(tmp_path, tbptt_steps):
     for name in names:
         for kind in ("grad", "weight"):
             assert [e.step for e in ea.Histograms(f"{kind}/{name}")] == list(range(0, steps, 2))
+        first = ea.Histograms(f"weight/{name}")[0].histogram_value  # step 0: the initial weights
+        w = initial[name]
+        assert (first.num, first.min, first.max) == (w.numel(), float(w.min()), float(w.max()))
+        assert first.sum == pytest.approx(float(w.sum()), abs=1e-9) and sum(first.bucket) == w.numel()
 
     pre, post = scalars(ea, "grad_norm/total_pre_clip"), scalars(ea, "grad_norm/total_post_clip")
     assert sorted(pre) == sorted(post) == list(range(steps))  # every optimiser step, in both modes

@@ -19,6 +19,13 @@ def tensorboard(trainer: Trainer):
     return None
 
 
+def trainable(pl_module: LightningModule) -> list[tuple[str, torch.nn.Parameter]]:
+    """(name, parameter) of every trainable parameter. Callbacks take this list once in
+    `on_train_start`: named_parameters() walks every submodule (metrics too) and would cost
+    more than the per-step checks themselves."""
+    return [(name, p) for name, p in pl_module.named_parameters() if p.requires_grad]
+
+
 def log_scalars(trainer: Trainer, metrics: dict[str, float]) -> None:
     """Log straight to every logger at the current optimiser step. Unlike `self.log`, this is not
     thinned by `log_every_n_steps`, so each callback's own interval decides."""

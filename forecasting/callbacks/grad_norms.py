@@ -18,7 +18,7 @@ import re
 import torch
 from lightning.pytorch import Callback
 
-from forecasting.callbacks.common import log_scalars
+from forecasting.callbacks.common import log_scalars, trainable
 
 RNN_PARAM = re.compile(r"(weight|bias)_(ih|hh)_l(\d+)(_reverse)?$")
 
@@ -59,8 +59,11 @@ class GradientNorms(Callback):
     def _reset(self):
         self._steps, self._clipped, self._max = 0, 0.0, 0.0
 
+    def on_train_start(self, trainer, pl_module):
+        self._params = trainable(pl_module)
+
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        named = [(n, p.grad.detach()) for n, p in pl_module.named_parameters() if p.grad is not None]
+        named = [(n, p.grad.detach()) for n, p in self._params if p.grad is not None]
         if not named:
             return
         norms = torch.stack([torch.linalg.vector_norm(g.float()) for _, g in named])

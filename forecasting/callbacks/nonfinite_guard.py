@@ -16,6 +16,7 @@ step and lowers its scale): gradients are then not checked, only the loss and th
 import torch
 from lightning.pytorch import Callback
 
+from forecasting.callbacks.common import trainable
 from forecasting.errors import ForecastingError
 
 CAUSES = (
@@ -54,11 +55,14 @@ class NonFiniteGuard(Callback):
             f"{culprit} {when}; {CAUSES}. Checkpoints hold only finite weights from before this point"
         )
 
+    def on_train_start(self, trainer, pl_module):
+        self._params = trainable(pl_module)
+
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         self._steps += 1
         if (self._steps - 1) % self.every_n_steps or trainer.precision == "16-mixed":
             return
-        found = first_nonfinite((n, p.grad) for n, p in pl_module.named_parameters())
+        found = first_nonfinite((n, p.grad) for n, p in self._params)
         self._stop(trainer, found, "the gradient of", "before the update was applied")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -69,6 +73,6 @@ class NonFiniteGuard(Callback):
         found = first_nonfinite([("loss", loss)] if torch.is_tensor(loss) else [])
         what, when = "the training", "in this batch"
         if found is None:
-            found = first_nonfinite(pl_module.named_parameters())
+            found = first_nonfinite(self._params)
             what, when = "the weight", "after this batch's update"
         self._stop(trainer, found, what, when)  # once per call on every rank: the collectives must match
