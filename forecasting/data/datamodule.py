@@ -222,6 +222,10 @@ class PriceDataModule(L.LightningDataModule):
             raise ForecastingError(f"data.val_start ({val.date()}) must come before data.test_start ({test.date()})")
         return val, test
 
+    def frame_key(self, stage: str) -> str:
+        """Which file a stage reads: 'predict' (data.predict_path) or 'fit' (data.path)."""
+        return "predict" if stage == "predict" and self.predict_path else "fit"
+
     def prepare_data(self) -> None:
         """Read and check everything the run will need, so a bad file or an empty split stops it
         before any logger writes to the log dir (Lightning calls this before loggers start)."""
@@ -233,7 +237,7 @@ class PriceDataModule(L.LightningDataModule):
             self.dataset(split)
 
     def setup(self, stage: str) -> None:
-        which = "predict" if stage == "predict" and self.predict_path else "fit"
+        which = self.frame_key(stage)
         if which in self.frames:
             return
         self.frames[which] = self.load(self.predict_path if which == "predict" else self.path)
@@ -334,7 +338,7 @@ class PriceDataModule(L.LightningDataModule):
     def dataset(self, stage: str) -> WindowDataset:
         if stage in self._datasets:
             return self._datasets[stage]
-        which = "predict" if stage == "predict" and self.predict_path else "fit"
+        which = self.frame_key(stage)
         if which not in self.frames:
             self.setup(stage)
         frame = self.frames[which]
@@ -398,7 +402,7 @@ class PriceDataModule(L.LightningDataModule):
 
     def describe_rows(self, rows: torch.Tensor, stage: str = "predict") -> pd.DataFrame:
         """Date and ticker of the window ending at each row index (for writing forecasts)."""
-        which = "predict" if stage == "predict" and self.predict_path else "fit"
+        which = self.frame_key(stage)
         frame = self.frames[which].iloc[rows.numpy()]
         return pd.DataFrame({"date": frame["time"].dt.date.to_numpy(), "ticker": frame["ticker"].to_numpy()})
 

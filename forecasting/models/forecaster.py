@@ -138,15 +138,15 @@ class Forecaster(L.LightningModule):
             # ranks holding unequal numbers of windows (sync_dist's mean truncates the summed count).
             self.losses[stage].update(loss.detach(), weight=len(y))
             self.log(f"{stage}/loss", self.losses[stage], prog_bar=True)
+            pred_orig = pred * batch["y_scale"] + batch["y_loc"]  # undo the target scaling once
+            y_orig = y * batch["y_scale"] + batch["y_loc"]
             for name, metric in self.metrics[stage].items():
-                if name.endswith("_orig"):  # undo the target scaling
-                    metric.update(pred * batch["y_scale"] + batch["y_loc"], y * batch["y_scale"] + batch["y_loc"])
+                if name.endswith("_orig"):
+                    metric.update(pred_orig, y_orig)
                 else:
                     metric.update(pred, y)
                 self.log(f"{stage}/{name}", metric, on_epoch=True, batch_size=len(y))
-            self.update_means(
-                stage, pred * batch["y_scale"] + batch["y_loc"], y * batch["y_scale"] + batch["y_loc"], batch
-            )
+            self.update_means(stage, pred_orig, y_orig, batch)
         return loss
 
     def update_means(self, stage: str, pred: torch.Tensor, actual: torch.Tensor, batch: dict) -> None:
