@@ -1,6 +1,6 @@
 """How the template learns the adding problem: sequence length x clipping x cell.
 
-    python benchmarks/adding.py [--lengths 50 100 200] [--max-steps 2000]
+    python benchmarks/adding.py [--lengths 50 100 200] [--max-steps 2000] [--cells lstm gru] [--clipping on off]
 
 Each run is configs/adding.yaml's setup (2 x 64, Adam 3e-3, batch 64, seed 0) for
 at most --max-steps optimiser steps, validating every 50 steps on 1,000 held-out
@@ -9,6 +9,7 @@ below 0.01 ("learned"); the constant forecast 1 scores 0.167.
 """
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -30,7 +31,7 @@ class History(L.Callback):
             self.points.append((trainer.global_step, float(trainer.callback_metrics["val/loss"])))
 
 
-def run(seq_len: int, clip: float | None, cell: str, max_steps: int) -> tuple[float, int | None, float]:
+def run(seq_len: int, clip: float | None, cell: str, max_steps: int) -> tuple[float, int | None, float, str]:
     L.seed_everything(0, verbose=False)
     model = Forecaster(
         n_features=2, dropout=0.0, cell=cell, gradient_clip_val=clip, optimizer=lambda p: torch.optim.Adam(p, lr=3e-3)
@@ -43,23 +44,29 @@ def run(seq_len: int, clip: float | None, cell: str, max_steps: int) -> tuple[fl
     )  # fmt: skip
     start = time.perf_counter()
     trainer.fit(model, AddingDataModule(seq_len=seq_len))
+    seconds = time.perf_counter() - start
     learned = next((step for step, loss in history.points if loss < 0.01), None)
-    return min(loss for _, loss in history.points), learned, time.perf_counter() - start
+    finite = [loss for _, loss in history.points if math.isfinite(loss)]
+    # EarlyStopping also ends the run when val/loss turns NaN/inf (check_finite): say so.
+    ended = f"diverged at step {trainer.global_step}" if not math.isfinite(history.points[-1][1]) else ""
+    return min(finite, default=float("nan")), learned, seconds, ended
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--lengths", type=int, nargs="+", default=[50, 100, 200])
     parser.add_argument("--max-steps", type=int, default=2000)
+    parser.add_argument("--cells", nargs="+", default=["lstm", "gru"], choices=["lstm", "gru"])
+    parser.add_argument("--clipping", nargs="+", default=["on", "off"], choices=["on", "off"])
     args = parser.parse_args()
     print(f"# python {' '.join(sys.argv)}")
     print(f"# {os.cpu_count()} CPUs, torch {torch.__version__}, lightning {L.__version__}")
     print("\n| T | cell | clipping | best val MSE | steps to MSE < 0.01 | seconds |")
     print("|--:|:--|:--|--:|--:|--:|")
     for seq_len in args.lengths:
-        for cell in ("lstm", "gru"):
-            for clip in (1.0, None):
-                best, learned, seconds = run(seq_len, clip, cell, args.max_steps)
+        for cell in args.cells:
+            for clip in [1.0 if c == "on" else None for c in args.clipping]:
+                best, learned, seconds, ended = run(seq_len, clip, cell, args.max_steps)
                 clipping = "norm 1.0" if clip else "off"
-                steps = learned if learned is not None else f"not in {args.max_steps}"
+                steps = learned if learned is not None else ended or f"not in {args.max_steps}"
                 print(f"| {seq_len} | {cell} | {clipping} | {best:.4f} | {steps} | {seconds:.0f} |", flush=True)
