@@ -125,6 +125,13 @@ def build(args, size: str, batch: int, log_dir: str, extra: list[str] = (), diag
     return cli
 
 
+def quiet() -> None:
+    """Keep Lightning's info lines and warnings out of the printed tables."""
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    sys.argv = sys.argv[:1]  # LightningCLI would parse the script's own flags too
+
+
 def fit_quietly(trainer, model, datamodule) -> None:
     """The progress bar stays on (the template's default) but draws to /dev/null, not into the table."""
     with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
@@ -243,9 +250,7 @@ if __name__ == "__main__":
           f"precision {args.precision}, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     if args.accelerator in ("cuda", "gpu"):
         print(f"# {torch.cuda.get_device_name()}")
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    sys.argv = sys.argv[:1]  # LightningCLI would parse this script's flags too
+    quiet()
     variants = {  # default model, first batch size: what single switches cost
         "diagnostics off": ([], False),
         "diagnostics and progress bar off": (["--trainer.enable_progress_bar=false"], False),

@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -153,3 +155,15 @@ def test_custom_transform_registers_by_name(prices_csv):
         )
     finally:
         del F.TRANSFORMS["log_close_test"]
+
+
+def test_batches_are_pinned_for_a_gpu_and_training_batches_carry_no_baselines(prices_csv):
+    dm = PriceDataModule(**dm_kwargs(prices_csv))
+    dm.setup("fit")
+    assert not dm.loader("train").pin_memory  # no trainer (or a CPU one): nothing to pin for
+    strategy = SimpleNamespace(root_device=torch.device("cuda", 0), distributed_sampler_kwargs=None)
+    dm.trainer = SimpleNamespace(strategy=strategy)
+    assert dm.loader("train").pin_memory and dm.loader("val").pin_memory
+    train, val = dm.dataset("train"), dm.dataset("val")
+    assert train.__getitems__([0, 1])["baselines"] == {}  # scored on val/test only: not copied every step
+    assert set(val.__getitems__([0, 1])["baselines"]) == {"naive", "mean", "har"}

@@ -19,7 +19,7 @@ from forecasting.callbacks.grad_flow import GradientFlow, gradient_flow
 from forecasting.callbacks.grad_histograms import GradientHistograms
 from forecasting.callbacks.grad_norms import GradientNorms
 from forecasting.callbacks.hparams import HParamsMetric
-from forecasting.callbacks.nonfinite_guard import NonFiniteGuard
+from forecasting.callbacks.nonfinite_guard import NonFiniteGuard, first_nonfinite
 from forecasting.cli import main
 from forecasting.data.datamodule import PriceDataModule
 from forecasting.errors import ForecastingError
@@ -238,6 +238,15 @@ def test_gates_match_the_lstm_equations_and_a_huge_forget_bias_saturates():
     gates, _ = lstm_gates(shut.rnn, x)
     assert saturated(torch.stack([f for _, f in gates])) == 1.0
     assert saturated(torch.stack([i for i, _ in gates])) < 0.05
+
+
+def test_first_nonfinite_names_the_tensor_and_what_is_wrong():
+    ok, big = torch.ones(3), torch.full((4,), 3e38)  # each value finite, the norm overflows float32
+    assert first_nonfinite([("a", ok), ("b", None), ("c", 2 * ok)]) is None
+    assert first_nonfinite([("a", ok), ("b", torch.tensor([1.0, math.nan]))]) == ("b", "nan")
+    assert first_nonfinite([("a", torch.tensor([-math.inf])), ("b", torch.tensor([math.nan]))]) == ("a", "inf")
+    assert first_nonfinite([("a", ok), ("b", big)]) == ("b", "so large that the norm overflows")
+    assert first_nonfinite([]) is None
 
 
 @pytest.mark.parametrize("tbptt_steps, nan_at, step", [(None, (2, 10), 2), (8, (1, 12), 3)], ids=["full", "tbptt"])

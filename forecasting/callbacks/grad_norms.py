@@ -9,14 +9,15 @@ Logged every `every_n_steps` optimiser steps (a truncated-BPTT chunk is a step):
   grad_norm/clip_fraction     share of the interval's steps on which clipping changed the gradients
   grad_norm/l<k>_input_to_hidden, grad_norm/l<k>_hidden_to_hidden, grad_norm/head   pre-clip, per layer
   grad_norm/l<k>_{ih,hh}_{input,forget,cell,output}_gate   LSTM only: each gate's block of each weight
-The norms are computed on every step (cheap: one norm per parameter, no host sync) so that the
-fraction and the maximum cover the whole interval.
+The total norm is computed on every step (one fused norm, no host sync) so that the fraction and
+the maximum cover the whole interval; the per-layer and per-gate norms only on logging steps.
 """
 
 import re
 
 import torch
 from lightning.pytorch import Callback
+from torch.nn.utils import get_total_norm
 
 from forecasting.callbacks.common import log_scalars, trainable
 
@@ -66,28 +67,28 @@ class GradientNorms(Callback):
         named = [(n, p.grad.detach()) for n, p in self._params if p.grad is not None]
         if not named:
             return
-        norms = torch.stack([torch.linalg.vector_norm(g.float()) for _, g in named])
-        total = torch.linalg.vector_norm(norms)
+        grads = [g for _, g in named]
+        total = get_total_norm(grads)  # one fused (foreach) norm; per-parameter norms only when logging
         clip_val, algorithm = clip_settings(trainer, pl_module)
         if clip_val is None:
             clipped = torch.zeros((), device=total.device)
         elif algorithm == "value":
-            clipped = (torch.stack([g.abs().max() for _, g in named]).max() > clip_val).float()
+            clipped = (torch.stack([g.abs().max() for g in grads]).max() > clip_val).float()
         else:
             clipped = (total > clip_val).float()
         # Accumulate as tensors: no device-to-host sync except on the logging step.
         self._steps += 1
         self._clipped = self._clipped + clipped
-        self._max = torch.maximum(torch.as_tensor(self._max, device=total.device), total)
+        self._max = total if self._steps == 1 else torch.maximum(self._max, total)
         if self._steps < self.every_n_steps:
             return
         if clip_val is None:
             post = total
         elif algorithm == "value":
-            clamped = [torch.linalg.vector_norm(g.float().clamp(-clip_val, clip_val)) for _, g in named]
-            post = torch.linalg.vector_norm(torch.stack(clamped))
+            post = get_total_norm([g.clamp(-clip_val, clip_val) for g in grads])
         else:
             post = total.clamp(max=clip_val)
+        norms = [torch.linalg.vector_norm(g.float()) for g in grads]
         metrics = {
             "grad_norm/total_pre_clip": total,
             "grad_norm/total_post_clip": post,
@@ -105,5 +106,6 @@ class GradientNorms(Callback):
                 if match and match[1] == "weight":
                     for gate, norm in gate_norms(grad).items():
                         metrics[f"grad_norm/l{match[3]}{match[4] or ''}_{match[2]}_{gate}_gate"] = norm
-        log_scalars(trainer, {k: float(v) for k, v in metrics.items()})
+        values = torch.stack([v.float() for v in metrics.values()]).tolist()  # one host sync, not one per value
+        log_scalars(trainer, dict(zip(metrics, values, strict=True)))
         self._reset()

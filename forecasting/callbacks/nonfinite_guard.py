@@ -15,6 +15,7 @@ step and lowers its scale): gradients are then not checked, only the loss and th
 
 import torch
 from lightning.pytorch import Callback
+from torch.nn.utils import get_total_norm
 
 from forecasting.callbacks.common import trainable
 from forecasting.errors import ForecastingError
@@ -30,14 +31,15 @@ def first_nonfinite(named) -> tuple[str, str] | None:
     named = [(name, t.detach()) for name, t in named if t is not None]
     if not named:
         return None
-    # A tensor's norm is finite only if all its values are: one test, one host sync, in the common case.
-    norms = torch.stack([torch.linalg.vector_norm(t.float()) for _, t in named])
-    if torch.isfinite(norms).all():
+    # The norm of all the tensors together is finite only if every value is: one fused (foreach) norm
+    # and one host sync in the common case. Only when it is not do we look for the culprit.
+    if torch.isfinite(get_total_norm([t for _, t in named])):
         return None
-    name, tensor = named[int((~torch.isfinite(norms)).nonzero()[0])]
-    if torch.isfinite(tensor).all():
-        return name, "so large that its norm is inf"
-    return name, "nan" if torch.isnan(tensor).any() else "inf"
+    for name, tensor in named:
+        if not torch.isfinite(tensor).all():
+            return name, "nan" if torch.isnan(tensor).any() else "inf"
+    largest = max(named, key=lambda nt: float(torch.linalg.vector_norm(nt[1].double())))
+    return largest[0], "so large that the norm overflows"
 
 
 class NonFiniteGuard(Callback):
@@ -70,9 +72,10 @@ class NonFiniteGuard(Callback):
         if (self._batches - 1) % self.every_n_steps:
             return
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        found = first_nonfinite([("loss", loss)] if torch.is_tensor(loss) else [])
-        what, when = "the training", "in this batch"
-        if found is None:
-            found = first_nonfinite(self._params)
+        loss = [("loss", loss)] if torch.is_tensor(loss) else []
+        found = first_nonfinite(loss + self._params)  # one sync for both
+        if found is not None and found[0] == "loss" and loss:
+            what, when = "the training", "in this batch"
+        else:
             what, when = "the weight", "after this batch's update"
         self._stop(trainer, found, what, when)  # once per call on every rank: the collectives must match

@@ -365,6 +365,7 @@ class PriceDataModule(L.LightningDataModule):
                     f"{self.stats['test_start']}, window {self.window}); move data.val_start/data.test_start"
                 )
         dense = self.dense_targets and stage == "train"
+        base = None if stage == "train" else base  # baselines are scored on val/test, not trained against
         self._datasets[stage] = WindowDataset(x, y, t_loc, t_scale, ends, self.window, dense=dense, baselines=base)
         return self._datasets[stage]
 
@@ -379,6 +380,8 @@ class PriceDataModule(L.LightningDataModule):
             # rank gets as many, which biases val/loss. Evaluation needs no equal counts: give each
             # window to one rank. Training (equal steps needed) and predict keep Lightning's samplers.
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False, **ranks)
+        # On a GPU, page-locked batches let Lightning's non_blocking copy to the device run asynchronously.
+        pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -386,6 +389,7 @@ class PriceDataModule(L.LightningDataModule):
             collate_fn=keep_batch,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            pin_memory=pin,
         )
 
     def train_dataloader(self):
