@@ -1,5 +1,10 @@
+import csv
+
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
 
 from forecasting.errors import ForecastingError
 from forecasting.models.forecaster import Forecaster
@@ -62,3 +67,38 @@ def test_overfits_one_small_batch():
 def test_bad_model_config_names_the_key(kwargs, key):
     with pytest.raises(ForecastingError, match=key):
         Forecaster(**kwargs)
+
+
+class BatchLosses(L.Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+
+
+def test_train_loss_is_logged_as_interval_and_epoch_means(tmp_path):
+    # 7 batches of 5 windows and one of 3 per epoch; Lightning writes steps 3, 6, 9, ... (every 3)
+    torch.manual_seed(0)
+    data = [{"x": torch.randn(n, 6, 3), "y": torch.randn(n, 1)} for n in [5] * 7 + [3]]
+    net, seen = Forecaster(n_features=3, hidden_size=8, dropout=0.0), BatchLosses()
+    trainer = L.Trainer(
+        max_epochs=2, log_every_n_steps=3, logger=CSVLogger(tmp_path), callbacks=[seen], enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(net, DataLoader(data, batch_size=None))
+    rows = list(csv.DictReader(open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")))
+    logged = {int(r["step"]): float(r["train/loss_step"]) for r in rows if r["train/loss_step"]}
+    epochs = [float(r["train/loss_epoch"]) for r in rows if r["train/loss_epoch"]]
+    sizes = [len(b["y"]) for b in data] * 2
+    assert sorted(logged) == [2, 5, 8, 11, 14]  # Lightning's step index: after 3, 6, 9, 12, 15 batches
+
+    def mean(first, last):  # window-weighted mean of batches first..last (0-based, inclusive)
+        pairs = list(zip(seen.losses[first : last + 1], sizes[first : last + 1], strict=True))
+        return sum(loss * n for loss, n in pairs) / sum(n for _, n in pairs)
+
+    # each written value is the mean since the previously logged batch (the epoch's last batch logs too)
+    expected = {2: mean(0, 2), 5: mean(3, 5), 8: mean(8, 8), 11: mean(9, 11), 14: mean(12, 14)}
+    for step, value in expected.items():
+        assert logged[step] == pytest.approx(value, rel=1e-5)
+    assert epochs == pytest.approx([mean(0, 7), mean(8, 15)], rel=1e-5)
