@@ -234,15 +234,25 @@ def check_copying(best_lag: int, lag_corr: float, corr_with_last: float | None, 
 
 # ---------------------------------------------------------------------------- measuring
 def suggested_lr(finder) -> tuple[float | None, float]:
-    """(suggestion, lr at the lowest loss) from Lightning's LR finder.
+    """(suggestion, lr at the lowest loss) from the results of Lightning's LR finder.
 
-    Lightning suggests the steepest descent after `skip_begin` points; the smoothed loss
-    often first RISES while its running mean warms up, and a wiggle there would win.
-    Look only after that initial peak."""
+    The suggestion is where the loss falls fastest per decade of learning rate, looked for after the
+    smoothed loss's initial peak (its running mean starts low and first RISES while it warms up) and
+    before the last point. Not `finder.suggestion()`: Lightning 2.6 differentiates with respect to the
+    learning rate itself, not its logarithm, which on the log-spaced sweep favours the smallest rates
+    (Lightning-AI/pytorch-lightning#21141): on the bundled data it suggested 5e-6."""
+    lrs = np.asarray(finder.results["lr"], dtype=float)
     losses = np.asarray(finder.results["loss"], dtype=float)
     peak = int(np.nanargmax(losses[: max(len(losses) // 2, 1)]))
-    at_min = float(finder.results["lr"][int(np.nanargmin(losses))])
-    return finder.suggestion(skip_begin=max(10, peak)), at_min
+    idx = np.arange(max(peak, min(10, len(losses) // 4)), len(losses) - 1)
+    idx = idx[np.isfinite(losses[idx])]
+    if len(idx) < 3:
+        return None, float(lrs[int(np.nanargmin(losses))])
+    slope = np.gradient(losses[idx], np.log10(lrs[idx]))
+    at_min = float(lrs[idx[int(np.argmin(losses[idx]))]])
+    if slope.min() >= 0:  # the loss never falls after its warm-up
+        return None, at_min
+    return float(lrs[idx[int(np.argmin(slope))]]), at_min
 
 
 class Recorder(L.Callback):

@@ -48,7 +48,11 @@ class ForecastingTrainer(L.Trainer):
         suggestion, at_min = suggested_lr(finder)
         out = Path(self.log_dir or ".") / "lr_find.png"
         out.parent.mkdir(parents=True, exist_ok=True)
-        finder.plot(suggest=True).savefig(out)
+        figure = finder.plot(suggest=False)
+        if suggestion is not None:  # our suggestion, not Lightning's (see suggested_lr)
+            i = finder.results["lr"].index(suggestion)
+            figure.axes[0].plot(suggestion, finder.results["loss"][i], "o", color="red", markersize=10)
+        figure.savefig(out)
         if suggestion is None:
             print(f"lr_find: no clear suggestion (the loss never fell steadily); look at {out}")
         else:

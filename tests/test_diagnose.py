@@ -1,6 +1,9 @@
 """Each diagnose check flags a deliberately broken case and passes a healthy one."""
 
+from types import SimpleNamespace
+
 import lightning as L
+import numpy as np
 import pytest
 import torch
 
@@ -72,6 +75,21 @@ def test_learning_rate_flags_rising_and_flat_losses():
     assert D.check_learning_rate([1.0, 0.8, 0.6, 0.5, 0.4], 1e-3, 1e-3).status == D.PASS
     assert D.check_learning_rate([1.0, 0.8, 0.6, 0.5, 0.4], 1.0, 1e-3).status == D.WARN  # 1000x lr_find's
     assert D.check_learning_rate([1.0, 0.8, 0.6, 0.5, 0.4], 1e-3, 1e-4).status == D.PASS  # falls: close enough
+
+
+def test_suggested_lr_is_the_steepest_fall_per_decade_after_the_warm_up_peak():
+    # The shape lr_find gave on the bundled data: the smoothed loss rises from its first point to a
+    # warm-up peak at ~4e-6, falls fastest around 3e-4 (per decade), is lowest at 0.1, then diverges.
+    lrs = np.logspace(-6, 0, 100)
+    x = np.log10(lrs)
+    fall = 0.45 / (1 + np.exp(-(x + 3.5) * 2.0))  # steepest at log10(lr) = -3.5
+    loss = 0.97 - fall + 0.3 * np.clip(x + 1, 0, None) ** 2 - 0.5 * np.exp(-(((x + 6) / 0.25) ** 2))
+    finder = SimpleNamespace(results={"lr": lrs.tolist(), "loss": loss.tolist()})
+    suggestion, at_min = D.suggested_lr(finder)
+    assert 10**-3.8 < suggestion < 10**-3.2  # Lightning 2.6's own finder.suggestion() picks ~5e-6 here
+    assert 10**-1.3 < at_min < 10**-0.7
+    flat = SimpleNamespace(results={"lr": lrs.tolist(), "loss": (1 + 0.1 * np.clip(x + 2, 0, None)).tolist()})
+    assert D.suggested_lr(flat)[0] is None  # never falls: no suggestion
 
 
 def test_sequence_length_flags_a_window_longer_than_gradient_memory():
