@@ -24,6 +24,7 @@ from forecasting.cli import main
 from forecasting.data.datamodule import PriceDataModule
 from forecasting.errors import ForecastingError
 from forecasting.models.forecaster import Forecaster
+from forecasting.models.lstm import StackedRNN
 from tests.conftest import dm_kwargs, make_prices
 
 WINDOW, FEATURES, B = 16, 3, 8
@@ -208,6 +209,19 @@ def test_gradient_flow_of_a_known_recurrence(a):
     norms = gradient_flow(LinearRecurrence(a), x, y)
     assert norms.shape == (32,)
     assert float(norms[0] / norms[-1]) == pytest.approx(a**31, rel=1e-4)
+
+
+def test_gradient_flow_measures_without_dropout_and_restores_the_modes():
+    torch.manual_seed(0)
+    net = StackedRNN(3, hidden_size=8, num_layers=2, dropout=0.5).eval()
+    x, y = torch.randn(4, 10, 3), torch.randn(4, 1)
+    xr = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(nn.MSELoss()(net(xr)[0][:, -1], y), xr)  # eval mode: no dropout
+    torch.testing.assert_close(gradient_flow(net, x, y), torch.linalg.vector_norm(grad, dim=(0, 2)))
+    assert not net.rnn.training and net.rnn.dropout == 0.5
+    net.train()
+    torch.testing.assert_close(gradient_flow(net, x, y), torch.linalg.vector_norm(grad, dim=(0, 2)))
+    assert net.rnn.training and net.rnn.dropout == 0.5
 
 
 def test_gradient_flow_vanishes_through_a_small_vanilla_rnn_but_not_an_orthogonal_lstm():

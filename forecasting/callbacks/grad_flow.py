@@ -8,7 +8,7 @@ to the first shows how much signal backpropagation carries across the window.
   grad_flow/first_to_last        ||dL/dx_0|| / ||dL/dx_{T-1}||; 1e-8 means the start of the window
                                  cannot teach the model anything
   grad_flow/log10_first_to_last  the same in decades (readable on a linear axis)
-  grad_flow/per_step             figure: the norms, log scale, against steps back from the last
+  grad_flow/per_step             figure: log10 of the norms against steps back from the last
 """
 
 import contextlib
@@ -25,12 +25,29 @@ def gradient_flow(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn=None
     """Norm of dL/dx_t for each t = 0..T-1 (first to last), for any `net(x) -> (outputs per step, state)`."""
     loss_fn = loss_fn or nn.MSELoss()
     x = x.detach().clone().requires_grad_(True)
-    # cuDNN refuses an RNN backward in eval mode; the native kernels do not.
-    with torch.backends.cudnn.flags(enabled=False) if x.is_cuda else contextlib.nullcontext():
+    with rnns_in_train_mode_without_dropout(net):
         out, _ = net(x)
         target = y[:, -1] if y.dim() == 3 else y  # dense targets: the last step's
         (grad,) = torch.autograd.grad(loss_fn(out[:, -1], target), x)
     return torch.linalg.vector_norm(grad, dim=(0, 2))
+
+
+@contextlib.contextmanager
+def rnns_in_train_mode_without_dropout(net: nn.Module):
+    """cuDNN runs an RNN's backward only in training mode: in eval mode it refuses, and PyTorch's
+    native kernels took 13x longer on an H100 (23 ms against 1.8 ms, 2 x 64 LSTM, window 64). An RNN
+    module differs between the modes only by its dropout between layers, so: training mode with
+    that dropout set to 0. Other modules keep their mode."""
+    rnns = [(m, m.training, m.dropout) for m in net.modules() if isinstance(m, nn.RNNBase)]
+    try:
+        for module, _, _ in rnns:
+            module.train()
+            module.dropout = 0.0
+        yield
+    finally:
+        for module, training, dropout in rnns:
+            module.train(training)
+            module.dropout = dropout
 
 
 class GradientFlow(FixedBatchCallback):
@@ -49,8 +66,9 @@ class GradientFlow(FixedBatchCallback):
             fig = Figure(figsize=(6, 3.5))  # no layout engine: it would double the drawing time
             fig.subplots_adjust(left=0.14, right=0.97, top=0.9, bottom=0.14)
             ax = fig.add_subplot()
-            ax.semilogy(range(len(norms)), norms.flip(0).numpy())
+            # log10 values on a linear axis: a log axis draws its tick labels with mathtext, 3x slower
+            ax.plot(range(len(norms)), norms.flip(0).clamp(min=1e-300).log10().numpy())
             ax.set_xlabel("steps back from the last input")
-            ax.set_ylabel("||dL/dx_t||")
+            ax.set_ylabel("log10 ||dL/dx_t||")
             ax.set_title(f"gradient flow at step {trainer.global_step}: first/last = {ratio:.2g}")
             writer.add_figure("grad_flow/per_step", fig, trainer.global_step)
