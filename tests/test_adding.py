@@ -1,5 +1,7 @@
 """The suite's proof that training works at all: the default LSTM learns the adding problem."""
 
+from types import SimpleNamespace
+
 import lightning as L
 import pytest
 import torch
@@ -50,3 +52,16 @@ def test_default_lstm_learns_adding_t30():
     metrics = trainer.callback_metrics
     assert metrics["val/baseline_mse_mean"] == pytest.approx(1 / 6, abs=0.03)
     assert metrics["val/skill_vs_mean"] > 0.8
+
+
+def test_under_ddp_each_validation_sequence_goes_to_one_rank():
+    dm = AddingDataModule(seq_len=10, n_train=64, n_val=45, n_test=45, batch_size=8)
+    dm.setup("fit")
+    seen = []
+    for rank in range(2):
+        ranks = {"num_replicas": 2, "rank": rank}
+        dm.trainer = SimpleNamespace(
+            strategy=SimpleNamespace(root_device=torch.device("cpu"), distributed_sampler_kwargs=ranks)
+        )
+        seen += [int(i) for batch in dm.val_dataloader() for i in batch["row"]]
+    assert sorted(seen) == list(range(45))  # 45 windows over 2 ranks: none repeated, none left out

@@ -11,22 +11,18 @@ dropped), so no validation or test target is ever a training target. Its
 inputs may look back into earlier splits, as they would in live use.
 """
 
-import os
 import warnings
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
-from torch.utils.data import DataLoader
 
 from forecasting import baselines
 from forecasting.data import features as F
 from forecasting.data.io import MISSING_POLICIES, read_prices, where
-from forecasting.data.windows import EpochRandomSampler, WindowDataset, keep_batch, valid_ends
+from forecasting.data.windows import BatchLoaders, WindowDataset, valid_ends
 from forecasting.errors import ForecastingError
 
 
@@ -70,7 +66,7 @@ def fit_scaler(name: str, values: np.ndarray, labels: list[str], where: str) -> 
     return [float(v) for v in center], [float(v) for v in scale]
 
 
-class PriceDataModule(L.LightningDataModule):
+class PriceDataModule(BatchLoaders):
     """Daily prices of one or many tickers in long format (one row per ticker and date).
 
     Example: python -m forecasting fit --config configs/volatility.yaml
@@ -368,41 +364,6 @@ class PriceDataModule(L.LightningDataModule):
         base = None if stage == "train" else base  # baselines are scored on val/test, not trained against
         self._datasets[stage] = WindowDataset(x, y, t_loc, t_scale, ends, self.window, dense=dense, baselines=base)
         return self._datasets[stage]
-
-    def loader(self, stage: str) -> DataLoader:
-        dataset = self.dataset(stage)
-        # seed_everything records its seed in PL_GLOBAL_SEED: shuffles follow it.
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        sampler = EpochRandomSampler(dataset, seed) if stage == "train" else None
-        ranks = getattr(self.trainer.strategy, "distributed_sampler_kwargs", None) if self.trainer else None
-        if stage in ("val", "test") and ranks and ranks["num_replicas"] > 1:
-            # Under DDP Lightning's DistributedSampler repeats up to (ranks - 1) windows so that every
-            # rank gets as many, which biases val/loss. Evaluation needs no equal counts: give each
-            # window to one rank. Training (equal steps needed) and predict keep Lightning's samplers.
-            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False, **ranks)
-        # On a GPU, page-locked batches let Lightning's non_blocking copy to the device run asynchronously.
-        pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            collate_fn=keep_batch,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=pin,
-        )
-
-    def train_dataloader(self):
-        return self.loader("train")
-
-    def val_dataloader(self):
-        return self.loader("val")
-
-    def test_dataloader(self):
-        return self.loader("test")
-
-    def predict_dataloader(self):
-        return self.loader("predict")
 
     def describe_rows(self, rows: torch.Tensor, stage: str = "predict") -> pd.DataFrame:
         """Date and ticker of the window ending at each row index (for writing forecasts)."""
