@@ -7,17 +7,18 @@
 Builds the template exactly as benchmarks/throughput.py does (configs/volatility.yaml), runs
 one epoch of at most --steps training steps with one validation batch, and prints the functions
 with the most time of their own and the most cumulative time inside the training loop. Use it
-to find overhead; use throughput.py to measure it (cProfile slows small Python calls down).
+to find overhead; use throughput.py to measure it (cProfile slows small Python calls down). The
+epoch includes its one validation batch and that validation's figures: one-off costs, shared out
+per step (the first figure of a process also loads fonts).
 """
 
 import argparse
 import cProfile
 import pstats
-import sys
 import tempfile
 
 import torch
-from throughput import SIZES, build, fit_quietly, quiet
+from throughput import SIZES, build, fit_quietly, header, quiet
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -30,7 +31,7 @@ if __name__ == "__main__":
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args()
-    print(f"# python {' '.join(sys.argv)}")
+    print(header(args))
     quiet()
     extra = [] if args.progress_bar == "on" else ["--trainer.enable_progress_bar=false"]
     with tempfile.TemporaryDirectory() as log_dir:

@@ -125,6 +125,19 @@ def build(args, size: str, batch: int, log_dir: str, extra: list[str] = (), diag
     return cli
 
 
+def header(args) -> str:
+    """The command, machine, versions and load: the first lines of every table printed."""
+    lines = [
+        f"# python {' '.join(sys.argv)}",
+        f"# {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, python {platform.python_version()}, "
+        f"torch {torch.__version__}, lightning {L.__version__}, accelerator {args.accelerator}, "
+        f"precision {args.precision}, load average {os.getloadavg()[0]:.1f}",
+    ]
+    if args.accelerator in ("cuda", "gpu"):
+        lines.append(f"# {torch.cuda.get_device_name()}")
+    return "\n".join(lines)
+
+
 def quiet() -> None:
     """Keep Lightning's info lines and warnings out of the printed tables."""
     warnings.filterwarnings("ignore")
@@ -244,12 +257,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"# python {' '.join(sys.argv)}")
-    print(f"# {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, python {platform.python_version()}, "
-          f"torch {torch.__version__}, lightning {L.__version__}, accelerator {args.accelerator}, "
-          f"precision {args.precision}, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
-    if args.accelerator in ("cuda", "gpu"):
-        print(f"# {torch.cuda.get_device_name()}")
+    print(header(args))
     quiet()
     variants = {  # default model, first batch size: what single switches cost
         "diagnostics off": ([], False),
