@@ -43,6 +43,7 @@ def test_default_lstm_learns_adding_t30():
     model = Forecaster(n_features=2, dropout=0.0, optimizer=lambda p: torch.optim.Adam(p, lr=3e-3))
     best = BestValLoss()  # Adam's loss curve on this task is bumpy: judge the best validation MSE
     trainer = L.Trainer(
+        accelerator="cpu",
         max_steps=700, val_check_interval=50, deterministic=True, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[best], num_sanity_val_steps=0,
     )  # fmt: skip

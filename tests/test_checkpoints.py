@@ -86,7 +86,7 @@ def test_killed_mid_epoch_resumes_and_finishes(cli_args, tmp_path):
         "fit", "configs/volatility.yaml", "--trainer.max_epochs", "30", "--trainer.limit_train_batches", "1.0",
         "--checkpoint.every_n_train_steps", "2",
     )  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen([sys.executable, "-m", "forecasting", *args], env=env, cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     last = tmp_path / "logs" / "volatility" / "version_0" / "checkpoints" / "last.ckpt"

@@ -69,6 +69,14 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+def fork() -> DDPStrategy:
+    """Forked ranks cannot use CUDA once this process has initialised it (on a GPU machine, earlier
+    tests that trained on the GPU did), and Lightning reads every CUDA RNG state in each rank."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        pytest.skip("CUDA is initialised in this process: run tests/test_ddp.py on its own on a GPU machine")
+    return DDPStrategy(start_method="fork")
+
+
 def trainer(**kwargs) -> L.Trainer:
     return L.Trainer(
         accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -101,7 +109,7 @@ def test_ddp_matches_one_process_with_twice_the_batch(tmp_path, tbptt_steps):
     # in DistributedSampler(shuffle=True, seed=SEED): one permutation `perm` of all windows, shared by
     # the ranks; rank r takes perm[r::2], so step k's global batch is perm[2kB : 2(k+1)B], split
     # between the ranks. DDP averages the two ranks' mean gradients: the mean over those 2B windows.
-    ddp = trainer(devices=2, strategy=DDPStrategy(start_method="fork"), callbacks=[Record(tmp_path)])
+    ddp = trainer(devices=2, strategy=fork(), callbacks=[Record(tmp_path)])
     ddp.fit(ddp_model, datamodule=dm)  # Lightning loads rank 0's weights back into ddp_model
 
     # 1 process, batch 2B, in the same order: perm itself (a DistributedSampler with one replica).
@@ -136,7 +144,7 @@ def test_uneven_split_sizes(tmp_path):
     """129 training, 57 validation and 255 predict windows: none splits evenly over 2 ranks."""
     dm = data(tmp_path, n_days=101, tickers=("AAA", "BBB", "CCC"), test_start=0.79, batch_size=B)
     net = model(dm)
-    ddp = trainer(devices=2, strategy=DDPStrategy(start_method="fork"), callbacks=[Record(tmp_path)])
+    ddp = trainer(devices=2, strategy=fork(), callbacks=[Record(tmp_path)])
     ddp.fit(net, datamodule=dm)
 
     dm.setup("fit")
@@ -157,8 +165,7 @@ def test_uneven_split_sizes(tmp_path):
 
     # predict: each rank forecasts its share of the windows (Lightning splits them without repeats);
     # the writer gathers them and rank 0 writes one CSV, the same as one process writes.
-    fork = DDPStrategy(start_method="fork")
-    trainer(devices=2, strategy=fork, callbacks=[PredictionWriter(str(tmp_path / "ddp.csv"))]).predict(net, dm)
+    trainer(devices=2, strategy=fork(), callbacks=[PredictionWriter(str(tmp_path / "ddp.csv"))]).predict(net, dm)
     trainer(devices=1, callbacks=[PredictionWriter(str(tmp_path / "one.csv"))]).predict(net, dm)
     ddp_csv, one_csv = (pd.read_csv(tmp_path / f"{name}.csv") for name in ("ddp", "one"))
     assert len(ddp_csv) == 3 * (101 - 16) and not ddp_csv.duplicated(["date", "ticker"]).any()

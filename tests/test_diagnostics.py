@@ -61,7 +61,7 @@ class RecordPostClip(Forecaster):
 
 def fit(module, tmp_path, callbacks, train=None, val=None, **kwargs) -> L.Trainer:
     trainer = L.Trainer(
-        logger=TensorBoardLogger(tmp_path, name="run", default_hp_metric=False), callbacks=callbacks,
+        accelerator="cpu", logger=TensorBoardLogger(tmp_path, name="run", default_hp_metric=False), callbacks=callbacks,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=1, log_every_n_steps=1, **{"max_epochs": 1, **kwargs},
     )  # fmt: skip
@@ -281,7 +281,7 @@ def test_guard_stops_a_diverging_run_and_the_checkpoint_stays_finite(tmp_path):
     net = model(gradient_clip_val=None, optimizer=sgd)
     checkpoint = ModelCheckpoint(tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
     trainer = L.Trainer(
-        logger=False, callbacks=[NonFiniteGuard(), checkpoint], enable_progress_bar=False,
+        accelerator="cpu", logger=False, callbacks=[NonFiniteGuard(), checkpoint], enable_progress_bar=False,
         enable_model_summary=False, max_epochs=1,
     )  # fmt: skip
     with pytest.raises(ForecastingError, match="learning rate") as err:
@@ -316,7 +316,7 @@ def test_forecast_plot_draws_one_ticker_in_original_units(tmp_path):
     plot = ForecastPlot()
     net = Forecaster(n_features=dm.n_features, hidden_size=8)
     trainer = L.Trainer(
-        logger=TensorBoardLogger(tmp_path, name="run"), callbacks=[plot], enable_checkpointing=False,
+        accelerator="cpu", logger=TensorBoardLogger(tmp_path, name="run"), callbacks=[plot], enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, max_epochs=1, limit_train_batches=2, log_every_n_steps=1,
     )  # fmt: skip
     trainer.fit(net, datamodule=dm)
@@ -345,6 +345,7 @@ def test_diagnostics_without_tensorboard_skip_figures_but_log_scalars(tmp_path):
 
     callbacks = [GradientNorms(1), GradientHistograms(1), GradientFlow(), GateSaturation(), ForecastPlot()]
     trainer = L.Trainer(
+        accelerator="cpu",
         logger=CSVLogger(tmp_path), callbacks=[*callbacks, HParamsMetric()], enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, max_epochs=1, log_every_n_steps=1,
     )  # fmt: skip

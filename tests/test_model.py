@@ -83,6 +83,7 @@ def test_train_loss_is_logged_as_interval_and_epoch_means(tmp_path):
     data = [{"x": torch.randn(n, 6, 3), "y": torch.randn(n, 1)} for n in [5] * 7 + [3]]
     net, seen = Forecaster(n_features=3, hidden_size=8, dropout=0.0), BatchLosses()
     trainer = L.Trainer(
+        accelerator="cpu",
         max_epochs=2, log_every_n_steps=3, logger=CSVLogger(tmp_path), callbacks=[seen], enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
     )  # fmt: skip

@@ -51,7 +51,7 @@ def test_validation_logs_best_lag_corr_and_std_ratio(prices_csv, flat):
     dm = PriceDataModule(**dm_kwargs(prices_csv))  # features: log_return, gk_log_var, ...; target gk_log_var
     model = Forecaster(n_features=3, target_kind="log_variance")
     model.net = LastInput(index=1, flat=flat)  # the scaled gk_log_var input, in scaled target units
-    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     metrics = trainer.validate(model, dm, verbose=False)[0]
     if flat:
         assert metrics["val/pred_std_ratio"] == pytest.approx(0.0, abs=1e-6)  # the flat-forecast alarm

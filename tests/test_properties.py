@@ -87,7 +87,8 @@ def test_extreme_but_valid_inputs_train_without_overflow(tmp_path):
     frame.to_csv(path, index=False)
     dm = PriceDataModule(path=str(path), window=16, val_start=0.6, test_start=0.8)
     model = Forecaster(n_features=3)
-    trainer = L.Trainer(max_steps=20, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = L.Trainer(accelerator="cpu",
+                        max_steps=20, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=2)  # fmt: skip
     trainer.fit(model, dm)
     assert torch.isfinite(trainer.callback_metrics["val/loss"])

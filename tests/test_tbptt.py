@@ -37,6 +37,7 @@ def model(**kwargs) -> Forecaster:
 
 def fit(module, data, **trainer_kwargs) -> L.Trainer:
     trainer = L.Trainer(
+        accelerator="cpu",
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         limit_val_batches=0, **{"max_epochs": 1, **trainer_kwargs},
     )  # fmt: skip
