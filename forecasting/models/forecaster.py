@@ -260,6 +260,9 @@ class Forecaster(L.LightningModule):
                 gradient_clip_algorithm=self.hparams.gradient_clip_algorithm,
             )
 
+    def on_train_epoch_start(self) -> None:
+        self._loss_sum, self._loss_n = 0.0, 0  # nothing carried over from lr_find or an interrupted epoch
+
     def on_train_epoch_end(self) -> None:
         # Manual optimisation: Lightning steps no scheduler, so the module does (same YAML as automatic).
         if not self.automatic_optimization and self.lr_schedulers() is not None:
