@@ -29,6 +29,10 @@ def test_every_config_parses_and_links_sizes(configs, monkeypatch):
     assert cli.datamodule.dense_targets == cli.model.dense  # truncated BPTT gets a target per step
     assert cli.trainer.max_epochs == 1
     assert (cli.model.hparams.tbptt_steps is not None) == ("long_tbptt.yaml" in configs)
+    per_step = {"NonFiniteGuard", "GradientNorms", "GradientHistograms"} & {
+        type(c).__name__ for c in cli.trainer.callbacks
+    }
+    assert per_step == (set() if "fast.yaml" in configs else {"NonFiniteGuard", "GradientNorms", "GradientHistograms"})
 
 
 def test_fit_writes_logs_config_checkpoint_and_predict_writes_forecasts(cli_args, tmp_path, prices):
