@@ -10,12 +10,11 @@ below 0.01 ("learned"); the constant forecast 1 scores 0.167.
 
 import argparse
 import math
-import os
-import sys
 import time
 
 import lightning as L
 import torch
+from common import begin
 from lightning.pytorch.callbacks import EarlyStopping
 
 from forecasting.data.adding import AddingDataModule
@@ -59,8 +58,7 @@ if __name__ == "__main__":
     parser.add_argument("--cells", nargs="+", default=["lstm", "gru"], choices=["lstm", "gru"])
     parser.add_argument("--clipping", nargs="+", default=["on", "off"], choices=["on", "off"])
     args = parser.parse_args()
-    print(f"# python {' '.join(sys.argv)}")
-    print(f"# {os.cpu_count()} CPUs, torch {torch.__version__}, lightning {L.__version__}")
+    begin()
     print("\n| T | cell | clipping | best val MSE | steps to MSE < 0.01 | seconds |")
     print("|--:|:--|:--|--:|--:|--:|")
     for seq_len in args.lengths:

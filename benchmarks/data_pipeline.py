@@ -29,17 +29,15 @@ import argparse
 import contextlib
 import multiprocessing as mp
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from common import begin
 
 FEATURES = ["log_return", "gk_log_var", "log_range", "log_volume_change", "x0", "x1", "x2", "x3"]
 COLUMNS = {c: c for c in ["open", "high", "low", "close", "volume", "x0", "x1", "x2", "x3"]}
@@ -190,12 +188,7 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"# python {' '.join(sys.argv)}")
-    print(f"# {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, python {platform.python_version()}, "
-          f"torch {torch.__version__}, lightning {L.__version__}, numpy {np.__version__}, pandas {pd.__version__}, "
-          f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    begin(f"numpy {np.__version__}", f"pandas {pd.__version__}", threads=args.threads)
     sizes = sorted({*args.naive_rows, args.rows})
     results = []
     with tempfile.TemporaryDirectory() as tmp:

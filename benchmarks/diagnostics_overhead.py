@@ -17,15 +17,13 @@ the timings much less sensitive to other processes (no OpenMP threads waiting on
 
 import argparse
 import collections
-import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 
 import lightning as L
 import torch
+from common import begin
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -77,11 +75,7 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"# python {' '.join(sys.argv)}")
-    print(f"# {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, python {platform.python_version()}, "
-          f"torch {torch.__version__}, lightning {L.__version__}")  # fmt: skip
+    begin(threads=args.threads)
     rows, shares = [], {}
     with tempfile.TemporaryDirectory() as log_dir:
         for mode, (window, k) in MODES.items():

@@ -16,7 +16,7 @@ import time
 
 import lightning as L
 import torch
-from throughput import header, quiet
+from common import begin, quiet
 from torch import nn
 
 STEPS, EVERY = 500, 20
@@ -79,8 +79,7 @@ if __name__ == "__main__":
     parser.add_argument("--accelerator", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    args.precision = "32-true"
-    print(header(args))
+    begin(accelerator=args.accelerator)
     quiet()
     torch.manual_seed(0)
     data = [(torch.randn(64, 4), torch.randn(64, 1)) for _ in range(STEPS)]

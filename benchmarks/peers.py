@@ -27,7 +27,6 @@ import contextlib
 import copy
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from common import begin
 
 from forecasting.cli import main
 
@@ -242,13 +242,8 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=1, help="alternating runs of every library; best time kept")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"# python {' '.join(sys.argv)}")
-    versions = "" if PEERS_MISSING else f", neuralforecast {neuralforecast.__version__}, darts {darts.__version__}"
-    print(f"# {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, python {platform.python_version()}, "
-          f"torch {torch.__version__}, lightning {L.__version__}{versions}, "
-          f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    versions = [] if PEERS_MISSING else [f"neuralforecast {neuralforecast.__version__}", f"darts {darts.__version__}"]
+    begin(*versions, threads=args.threads)
     if PEERS_MISSING:
         print(f"\nPeers not installed ({PEERS_MISSING}): only the template runs. Install them in their own "
               f"environment, not the template's:\n  {INSTALL}\n"

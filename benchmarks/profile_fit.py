@@ -18,7 +18,8 @@ import pstats
 import tempfile
 
 import torch
-from throughput import SIZES, build, fit_quietly, header, quiet
+from common import begin, quiet
+from throughput import SIZES, build, fit_quietly
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -31,7 +32,7 @@ if __name__ == "__main__":
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args()
-    print(header(args))
+    begin(f"precision {args.precision}", accelerator=args.accelerator)
     quiet()
     extra = [] if args.progress_bar == "on" else ["--trainer.enable_progress_bar=false"]
     with tempfile.TemporaryDirectory() as log_dir:

@@ -10,13 +10,11 @@ is scored once, after training, and never used to tune anything.
 """
 
 import argparse
-import platform
-import sys
 import time
 
-import lightning
 import numpy as np
 import torch
+from common import begin
 
 from forecasting.baselines import scores
 from forecasting.cli import main
@@ -39,9 +37,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", action="append", help="config file; repeat to stack overlays")
     args, extra = parser.parse_known_args()
-    print(f"# {' '.join(sys.argv)}")
-    print(f"# python {platform.python_version()}, torch {torch.__version__}, lightning {lightning.__version__}, "
-          f"{torch.get_num_threads()} threads")  # fmt: skip
+    begin()
     start = time.perf_counter()
     configs = [arg for c in args.config or ["configs/volatility.yaml"] for arg in ("--config", c)]
     cli = main(["fit", *configs, "--trainer.enable_progress_bar", "false", *extra])

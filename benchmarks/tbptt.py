@@ -11,13 +11,11 @@ every chunk, so it should fall roughly like k / window.
 """
 
 import argparse
-import os
-import platform
-import sys
 import time
 
 import lightning as L
 import torch
+from common import begin
 
 from forecasting.data.datamodule import PriceDataModule
 from forecasting.models.forecaster import Forecaster
@@ -60,9 +58,7 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--chunks", type=int, nargs="+", default=[128, 64, 32])
     args = parser.parse_args()
-    print(f"# python {' '.join(sys.argv)}")
-    print(f"# {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, python {platform.python_version()}, "
-          f"torch {torch.__version__}, lightning {L.__version__}")  # fmt: skip
+    begin()
     dm = PriceDataModule(adjust_column="adj_close", window=args.window, batch_size=64, dense_targets=True,
                          val_start="2009-01-01", test_start="2011-01-01")  # fmt: skip
     dm.setup("fit")

@@ -34,17 +34,14 @@ BPTT modes: benchmarks/diagnostics_overhead.py.
 import argparse
 import contextlib
 import copy
-import logging
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
-import warnings
 
 import lightning as L
 import torch
+from common import begin, quiet
 from torch import nn
 
 from forecasting.cli import main
@@ -123,26 +120,6 @@ def build(args, size: str, batch: int, log_dir: str, extra: list[str] = (), diag
         keep = [c for c in cli.trainer.callbacks if not type(c).__module__.startswith(DIAGNOSTICS)]
         cli.trainer.callbacks[:] = keep
     return cli
-
-
-def header(args) -> str:
-    """The command, machine, versions and load: the first lines of every table printed."""
-    lines = [
-        f"# python {' '.join(sys.argv)}",
-        f"# {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, python {platform.python_version()}, "
-        f"torch {torch.__version__}, lightning {L.__version__}, accelerator {args.accelerator}, "
-        f"precision {args.precision}, load average {os.getloadavg()[0]:.1f}",
-    ]
-    if args.accelerator in ("cuda", "gpu"):
-        lines.append(f"# {torch.cuda.get_device_name()}")
-    return "\n".join(lines)
-
-
-def quiet() -> None:
-    """Keep Lightning's info lines and warnings out of the printed tables."""
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    sys.argv = sys.argv[:1]  # LightningCLI would parse the script's own flags too
 
 
 def fit_quietly(trainer, model, datamodule) -> None:
@@ -255,9 +232,7 @@ if __name__ == "__main__":
     parser.add_argument("--precision", default="32-true", help="bf16-mixed on a GPU")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(header(args))
+    begin(f"precision {args.precision}", threads=args.threads, accelerator=args.accelerator)
     quiet()
     variants = {  # default model, first batch size: what single switches cost
         "diagnostics off": ([], False),
