@@ -77,11 +77,14 @@ class BatchLosses(L.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
-def test_train_loss_is_logged_as_interval_and_epoch_means(tmp_path):
-    # 7 batches of 5 windows and one of 3 per epoch; Lightning writes steps 3, 6, 9, ... (every 3)
+@pytest.mark.parametrize("tbptt_steps", [None, 3], ids=["full_bptt", "tbptt"])
+def test_train_loss_is_logged_as_interval_and_epoch_means(tmp_path, tbptt_steps):
+    # 7 batches of 5 windows and one of 3 per epoch; Lightning writes batches 3, 6, 9, ... (every 3).
+    # Truncated BPTT: 2 optimiser steps per batch (window 6, chunks of 3), still written per batch.
     torch.manual_seed(0)
-    data = [{"x": torch.randn(n, 6, 3), "y": torch.randn(n, 1)} for n in [5] * 7 + [3]]
-    net, seen = Forecaster(n_features=3, hidden_size=8, dropout=0.0), BatchLosses()
+    data = [{"x": torch.randn(n, 6, 3), "y": torch.randn(n, 6, 1)} for n in [5] * 7 + [3]]
+    net = Forecaster(n_features=3, hidden_size=8, dropout=0.0, dense_loss=True, burn_in=0, tbptt_steps=tbptt_steps)
+    seen = BatchLosses()
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=2, log_every_n_steps=3, logger=CSVLogger(tmp_path), callbacks=[seen], enable_checkpointing=False,

@@ -124,14 +124,15 @@ class Forecaster(L.LightningModule):
             return None
         return self.loss_fn(out[:, first:], y[:, first:])
 
-    def log_train_loss(self, loss: torch.Tensor, n: int, batch_idx: int) -> None:
+    def log_train_loss(self, loss: torch.Tensor, n: int, batch_idx: int, batches_before: int) -> None:
         """train/loss_step: the mean over the batches since the last written step; train/loss_epoch:
         the epoch's mean over windows. `self.log` costs ~0.4 ms a call on CPU and ~1 ms on a GPU
-        (BENCHMARKS.md), so the losses are summed on the device and logged only on the steps
-        Lightning writes (every trainer.log_every_n_steps optimiser steps) and the epoch's last batch."""
+        (BENCHMARKS.md), so the losses are summed on the device and logged only on the batches
+        Lightning writes (every trainer.log_every_n_steps batches, counted over the whole run:
+        `batches_before` is that count before this batch) and on the epoch's last batch."""
         self._loss_sum, self._loss_n = self._loss_sum + loss * n, self._loss_n + n
         trainer, every = self.trainer, self.trainer.log_every_n_steps
-        written = every > 0 and (trainer.global_step + 1) % every == 0  # Lightning's own test, at this step
+        written = every > 0 and (batches_before + 1) % every == 0  # Lightning's own test for this batch
         if written or batch_idx + 1 == trainer.num_training_batches or trainer.should_stop:
             mean = self._loss_sum / self._loss_n
             self.log("train/loss", mean, prog_bar=True, on_step=True, on_epoch=True, batch_size=self._loss_n)
@@ -145,8 +146,8 @@ class Forecaster(L.LightningModule):
             y = y[:, -1]
         else:
             loss = self.loss_fn(pred, y)
-        if stage == "train":
-            self.log_train_loss(loss.detach(), len(y), batch_idx)
+        if stage == "train":  # one optimiser step per batch: global_step counts the batches before this one
+            self.log_train_loss(loss.detach(), len(y), batch_idx, batches_before=self.trainer.global_step)
         else:
             # A MeanMetric, not self.log(..., sync_dist=True): its sums reduce exactly across DDP
             # ranks holding unequal numbers of windows (sync_dist's mean truncates the summed count).
@@ -228,7 +229,7 @@ class Forecaster(L.LightningModule):
             state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
             yield self.loss_after_burn_in(out, y_chunk, offset=i * k)
 
-    def _tbptt_step(self, batch: dict) -> torch.Tensor:
+    def _tbptt_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         """Truncated BPTT: backward, clip and optimiser step per chunk."""
         optimizer, losses = self.optimizers(), []
         for loss in self.chunk_losses(batch["x"], batch["y"]):
@@ -241,7 +242,9 @@ class Forecaster(L.LightningModule):
         if not losses:
             raise ForecastingError(f"model.burn_in ({self.hparams.burn_in}) covers the whole window; lower it")
         loss = torch.stack(losses).mean()
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["x"]))
+        # Every batch makes the same number of steps (one per chunk), global_step now includes this one's.
+        batches_before = self.trainer.global_step // len(losses) - 1
+        self.log_train_loss(loss, len(batch["x"]), batch_idx, batches_before)
         if self.lr_schedulers() is not None and self.hparams.scheduler_interval == "step":
             self.step_scheduler()
         return loss
@@ -249,7 +252,7 @@ class Forecaster(L.LightningModule):
     def training_step(self, batch, batch_idx):
         if self.hparams.tbptt_steps is None:
             return self._step(batch, "train", batch_idx)
-        return self._tbptt_step(batch)
+        return self._tbptt_step(batch, batch_idx)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # Callbacks' on_before_optimizer_step ran already: diagnostics there see pre-clip gradients.
