@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from lightning.pytorch.tuner import Tuner
 from torch import nn
+from torch.nn.utils import get_total_norm
 
 from forecasting.callbacks.gate_saturation import lstm_gates, saturated
 from forecasting.callbacks.grad_flow import gradient_flow
@@ -262,8 +263,7 @@ class Recorder(L.Callback):
         self.norms, self.losses, self.nonfinite = [], [], False
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+        norm = float(get_total_norm([p.grad for p in pl_module.parameters() if p.grad is not None]))
         self.norms.append(norm)
         if not math.isfinite(norm):
             self.nonfinite, trainer.should_stop = True, True

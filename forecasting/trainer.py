@@ -10,9 +10,9 @@ that name, so each extra subcommand is a method here (registered in cli.py):
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.tuner import Tuner
 
+from forecasting.callbacks.common import tensorboard
 from forecasting.diagnose import report, run_diagnose, suggested_lr
 
 
@@ -75,5 +75,4 @@ class ForecastingTrainer(L.Trainer):
         report on each known cause of an LSTM not learning (forecasting/diagnose.py)."""
         checks, ranges = run_diagnose(self, model, datamodule, steps, lr_find)
         if self.is_global_zero:
-            writer = next((lg.experiment for lg in self.loggers if isinstance(lg, TensorBoardLogger)), None)
-            print(report(checks, self.log_dir, writer, ranges))
+            print(report(checks, self.log_dir, tensorboard(self), ranges))

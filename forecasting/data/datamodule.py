@@ -338,12 +338,12 @@ class PriceDataModule(BatchLoaders):
         if which not in self.frames:
             self.setup(stage)
         frame = self.frames[which]
-        if which not in self._tensors:  # train, val and test share one copy of the rows
+        if which not in self._tensors:  # train, val and test share one copy of the rows and target days
             x, y, t_loc, t_scale, series, base = self.tensors(frame)
-            self._tensors[which] = (x, y, t_loc, t_scale, base, valid_ends(series, torch.isnan(x).any(1), self.window))
-        x, y, t_loc, t_scale, base, ends = self._tensors[which]
+            ends = valid_ends(series, torch.isnan(x).any(1), self.window)
+            self._tensors[which] = (x, y, t_loc, t_scale, base, ends, self.target_times(frame))
+        x, y, t_loc, t_scale, base, ends, (first, last) = self._tensors[which]
         if stage != "predict":
-            first, last = self.target_times(frame)
             val, test = (np.datetime64(pd.Timestamp(d)) for d in (self.stats["val_start"], self.stats["test_start"]))
             lo, hi = {"train": (None, val), "val": (val, test), "test": (test, None)}[stage]
             keep = ~np.isnat(last) & ~np.isnan(y.numpy()).any(1)
