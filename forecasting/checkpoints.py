@@ -19,9 +19,10 @@ from lightning.fabric.plugins import TorchCheckpointIO
 
 from forecasting.errors import ForecastingError
 
-# Keys whose value must match between a checkpoint and the config that loads it.
+# Keys whose value must match between a checkpoint and the config that loads it; `net` is the
+# whole network config (class_path and every init arg), whatever the network.
 DATA_KEYS = ("features", "target", "horizon")
-MODEL_KEYS = ("n_features", "horizon", "hidden_size", "num_layers", "cell")
+MODEL_KEYS = ("n_features", "horizon", "net")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -40,6 +41,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.unlink(tmp)
 
 
+def flatten(tree: dict, prefix: str = ""):
+    """('init_args.hidden_sizes', [64, 32]) pairs of a nested dict."""
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
 def check_checkpoint(path: str, data: dict | None, model: dict | None) -> None:
     """Refuse an unsafe checkpoint, or one that does not fit the config's data and model keys."""
     if not Path(path).is_file():
@@ -55,7 +65,11 @@ def check_checkpoint(path: str, data: dict | None, model: dict | None) -> None:
         raise ForecastingError(f"ckpt_path: {path} is not a readable checkpoint ({str(err).splitlines()[0]})") from None
 
     def plain(value):
-        return list(value) if isinstance(value, tuple) else value
+        if hasattr(value, "as_dict"):  # a jsonargparse Namespace (model.net in the config)
+            value = value.as_dict()
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return [plain(v) for v in value] if isinstance(value, (tuple, list)) else value
 
     trained_data = next((v for k, v in ckpt.items() if isinstance(v, dict) and "features" in v), None)
     for section, trained, wanted, keys in (
@@ -64,7 +78,12 @@ def check_checkpoint(path: str, data: dict | None, model: dict | None) -> None:
     ):
         for key in keys:
             if trained and wanted and key in trained and key in wanted and plain(trained[key]) != plain(wanted[key]):
+                was, now = plain(trained[key]), plain(wanted[key])
+                if isinstance(was, dict) and isinstance(now, dict):  # name the first differing entry
+                    was, now = (dict(flatten(was)), dict(flatten(now)))
+                    key += "." + next(k for k in sorted({*was, *now}) if was.get(k) != now.get(k))
+                    was, now = was.get(key.split(".", 1)[1]), now.get(key.split(".", 1)[1])
                 raise ForecastingError(
-                    f"ckpt_path: {path} was trained with {section}.{key}={trained[key]!r}, but the config has "
-                    f"{wanted[key]!r}; use the config it was trained with (config.yaml in its run folder)"
+                    f"ckpt_path: {path} was trained with {section}.{key}={was!r}, but the config has "
+                    f"{now!r}; use the config it was trained with (config.yaml in its run folder)"
                 )

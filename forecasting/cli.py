@@ -19,7 +19,9 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from forecasting.callbacks.prediction_writer import PredictionWriter
+from forecasting.callbacks.summary import RunSummary
 from forecasting.checkpoints import check_checkpoint
+from forecasting.data import base
 from forecasting.errors import ForecastingError
 from forecasting.models.forecaster import Forecaster
 from forecasting.trainer import ForecastingTrainer
@@ -46,6 +48,7 @@ class ForecastingCLI(LightningCLI):
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        parser.add_lightning_class_args(RunSummary, "summary")  # best checkpoint vs baselines when fit/test end
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
@@ -85,7 +88,25 @@ class ForecastingCLI(LightningCLI):
         data = config.get("data")
         if data is not None and data.get("class_path"):
             module, name = data.class_path.rsplit(".", 1)
-            getattr(importlib.import_module(module), name)(**data.init_args.as_dict())
+            dm = getattr(importlib.import_module(module), name)(**data.init_args.as_dict())
+            base.check(dm)  # the sizes the CLI links next must exist: one line instead of a link traceback
+
+    def _check_data(self) -> None:
+        """Before Lightning starts (and its logger writes anything): one batch of the stage the
+        subcommand uses, checked against the data contract and the model's sizes."""
+        base.check_batch(self.datamodule, self.subcommand, dense=getattr(self.model, "dense", False))
+
+    def before_fit(self) -> None:
+        self._check_data()
+
+    def before_validate(self) -> None:
+        self._check_data()
+
+    def before_test(self) -> None:
+        self._check_data()
+
+    def before_predict(self) -> None:
+        self._check_data()
 
 
 def resume_last(config) -> None:

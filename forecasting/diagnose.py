@@ -22,12 +22,14 @@ from lightning.pytorch.tuner import Tuner
 from torch import nn
 from torch.nn.utils import get_total_norm
 
-from forecasting.callbacks.gate_saturation import lstm_gates, saturated
+from forecasting.callbacks.gate_saturation import network_gates, saturated
 from forecasting.callbacks.grad_flow import gradient_flow
 from forecasting.callbacks.grad_norms import clip_settings
 from forecasting.data import features as F
+from forecasting.data.base import take
+from forecasting.models import contract
 
-PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
+PASS, WARN, FAIL, NA = "PASS", "WARN", "FAIL", "n/a"  # n/a: the check does not apply to this network
 PRICE_LEVELS = {"open", "high", "low", "close", "adj_close", "price"}
 
 
@@ -69,41 +71,52 @@ def check_exploding(pre_clip: list[float], clip_val: float | None, nonfinite: bo
     return Check(name, PASS, measured)
 
 
-def check_vanishing(first_to_last: float, forget_saturated: float | None) -> Check:
+def check_vanishing(first_to_last: float, forget_saturated: float | None, net_keys: str | None = "model.net.init_args") -> Check:
+    """net_keys: where the network's cell/init/forget_bias switches live (None: a network without them)."""
     name = "2. vanishing gradients"
     measured = f"gradient flow first/last step {first_to_last:.2g}"
     if forget_saturated is not None:
         measured += f"; forget gates saturated {forget_saturated:.0%}"
     if first_to_last < 1e-6:
-        return Check(
-            name,
-            FAIL,
-            measured,
-            "the start of the window teaches nothing: use model.cell: lstm with init: orthogonal and "
-            "forget_bias: 1.0, a shorter data.window, or model.tbptt_steps",
+        fix = (
+            f"use {net_keys}.cell: lstm with init: orthogonal and forget_bias: 1.0"
+            if net_keys else "give the network a path that keeps gradients (gated recurrence, residual connections)"
         )
+        return Check(
+            name, FAIL, measured,
+            f"the start of the window teaches nothing: {fix}, a shorter data.window, or model.tbptt_steps",
+        )  # fmt: skip
     if first_to_last < 1e-3 or (forget_saturated or 0) > 0.5:
-        return Check(name, WARN, measured, "check model.forget_bias (1.0) and the learning rate; shorten the window")
+        first = f"check {net_keys}.forget_bias (1.0)" if net_keys else "check the network's initialisation"
+        return Check(name, WARN, measured, f"{first} and the learning rate; shorten the window")
     return Check(name, PASS, measured)
 
 
-def check_init(weight_hh: list[torch.Tensor], hidden: int, forget_bias: float | None, window: int) -> Check:
-    """weight_hh: each layer's recurrent matrix (gates stacked); forget_bias: mean LSTM forget-gate bias."""
+def check_init(
+    weight_hh: list[torch.Tensor], hidden: int | list[int], forget_bias: float | None, window: int,
+    init_key: str | None = "model.net.init_args.init",
+) -> Check:
+    """weight_hh: each layer's recurrent matrix (gates stacked); hidden: its hidden size (one for all,
+    or one per layer); forget_bias: mean LSTM forget-gate bias; init_key: the network's init switch."""
     name = "3. initialisation"
-    sv = torch.cat([torch.linalg.svdvals(b.float()) for w in weight_hh for b in w.detach().split(hidden)])
+    sizes = [hidden] * len(weight_hh) if isinstance(hidden, int) else hidden
+    blocks = [b for w, h in zip(weight_hh, sizes, strict=True) for b in w.detach().split(h)]
+    sv = torch.cat([torch.linalg.svdvals(b.float()) for b in blocks])
     lo, hi = float(sv.min()), float(sv.max())
     measured = f"recurrent singular values {lo:.2g}..{hi:.2g}"
     if forget_bias is not None:
         measured += f"; forget-gate bias {forget_bias:.2g}"
     if forget_bias is not None and forget_bias < 0.5 and window > 50:
+        key = init_key.rsplit(".", 1)[0] + ".forget_bias: 1.0" if init_key else "a forget-gate bias of 1 in your network"
         return Check(
             name,
             WARN,
             measured,
-            f"a forget bias near 0 forgets within a few steps of a {window}-step window: set model.forget_bias: 1.0",
+            f"a forget bias near 0 forgets within a few steps of a {window}-step window: set {key}",
         )
     if hi > 2 or lo < 0.05:
-        return Check(name, WARN, measured, "singular values far from 1: set model.init: orthogonal")
+        advice = f"set {init_key}: orthogonal" if init_key else "initialise the recurrent weights orthogonally"
+        return Check(name, WARN, measured, f"singular values far from 1: {advice}")
     return Check(name, PASS, measured)
 
 
@@ -209,7 +222,10 @@ def check_overfit(first: float, last: float, steps: int) -> Check:
     return Check(name, PASS, measured)
 
 
-def check_copying(best_lag: int, lag_corr: float, corr_with_last: float | None, std_ratio: float) -> Check:
+def check_copying(
+    best_lag: int, lag_corr: float, corr_with_last: float | None, std_ratio: float,
+    dropout_key: str = "model.net.init_args.dropout",
+) -> Check:
     name = "9. copying or flat forecasts"
     measured = f"best lag {best_lag} (corr {lag_corr:.2f}), forecast std / target std {std_ratio:.2f}"
     if corr_with_last is not None:
@@ -227,7 +243,7 @@ def check_copying(best_lag: int, lag_corr: float, corr_with_last: float | None, 
             name,
             WARN,
             measured,
-            "a flat forecast near the mean: lower model.dropout or weight_decay, try the lr_find rate, "
+            f"a flat forecast near the mean: lower {dropout_key} or weight_decay, try the lr_find rate, "
             "check that the target is scaled, train longer",
         )
     return Check(name, PASS, measured)
@@ -289,7 +305,7 @@ def overfit_one_batch(model: L.LightningModule, batch: dict, steps: int = 300) -
     y = batch["y"][:, -1] if batch["y"].dim() == 3 else batch["y"]
     losses = []
     for _ in range(steps):
-        loss = model.loss_fn(net(batch["x"])[0][:, -1], y)
+        loss = model.loss_fn(contract.call(net, batch["x"])[0][:, -1], y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -297,28 +313,40 @@ def overfit_one_batch(model: L.LightningModule, batch: dict, steps: int = 300) -
     return losses[0], min(losses[-10:])
 
 
+def net_key(model: L.LightningModule, key: str, fallback: str) -> str:
+    """The config key to advise: `model.net.init_args.<key>` when the network takes it, else `fallback`
+    (advice never names a key that the user's network ignores)."""
+    net = model.hparams.get("net")
+    return f"model.net.init_args.{key}" if net is not None and contract.takes(net, key) else fallback
+
+
+def recurrent_weights(net: nn.Module) -> tuple[list[torch.Tensor], list[int], float | None]:
+    """Every recurrent layer's weight_hh (gates stacked), its hidden size, and the mean LSTM
+    forget-gate bias (None without LSTM layers)."""
+    weights, sizes, forget = [], [], []
+    for _, rnn in contract.recurrent_layers(net):
+        for k in range(rnn.num_layers):
+            weights.append(getattr(rnn, f"weight_hh_l{k}"))
+            sizes.append(rnn.hidden_size)
+            if isinstance(rnn, nn.LSTM) and rnn.bias:
+                h = rnn.hidden_size
+                forget.append((getattr(rnn, f"bias_ih_l{k}") + getattr(rnn, f"bias_hh_l{k}"))[h : 2 * h].detach())
+    return weights, sizes, float(torch.cat(forget).mean()) if forget else None
+
+
 def run_diagnose(trainer: L.Trainer, model: L.LightningModule, dm: L.LightningDataModule, steps: int, lr_find: bool):
     hp = model.hparams
     window = getattr(dm, "window", None) or getattr(dm, "seq_len", 0)
-    rnn = model.net.rnn
-    hidden = rnn.hidden_size
-    weight_hh = [getattr(rnn, f"weight_hh_l{k}") for k in range(rnn.num_layers)]
-    forget = None
-    if isinstance(rnn, nn.LSTM):
-        forget = float(
-            torch.stack(
-                [
-                    (getattr(rnn, f"bias_ih_l{k}") + getattr(rnn, f"bias_hh_l{k}"))[hidden : 2 * hidden]
-                    for k in range(rnn.num_layers)
-                ]
-            ).mean()
-        )
-    checks = {"init": check_init(weight_hh, hidden, forget, window)}
+    weight_hh, sizes, forget = recurrent_weights(model.net)
+    if weight_hh:
+        checks = {"init": check_init(weight_hh, sizes, forget, window, net_key(model, "init", None))}
+    else:
+        checks = {"init": Check("3. initialisation", NA, "no recurrent layer in the network")}
 
     dm.setup("fit")
     train = dm.train_dataloader().dataset
-    batch = train.__getitems__(list(range(min(len(train), 4096))))
-    one = train.__getitems__(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:64].tolist())
+    batch = take(train, range(min(len(train), 4096)))
+    one = take(train, torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:64].tolist())
     checks["overfit"] = check_overfit(*overfit_one_batch(model, one), steps=300)
     x_last = batch["x"][:, -1]
     stats = getattr(dm, "stats", None) or {}
@@ -348,14 +376,14 @@ def run_diagnose(trainer: L.Trainer, model: L.LightningModule, dm: L.LightningDa
 
     metrics = quiet_trainer(limit_val_batches=1.0).validate(model, dm, verbose=False)[0]
     val = dm.val_dataloader().dataset
-    vbatch = val.__getitems__(list(range(min(len(val), 256))))
+    vbatch = take(val, range(min(len(val), 256)))
     model.eval()
     with torch.enable_grad():
         flow = gradient_flow(model.net, vbatch["x"], vbatch["y"], model.loss_fn).double()
-    gates = None
-    if isinstance(rnn, nn.LSTM):
-        gates = saturated(torch.stack([f for _, f in lstm_gates(rnn, vbatch["x"])[0]]))
-    checks["vanishing"] = check_vanishing(float(flow[0] / flow[-1].clamp(min=1e-300)), gates)
+    forgets = [f.flatten() for _, f in network_gates(model.net, vbatch["x"]).values()]
+    gates = saturated(torch.cat(forgets)) if forgets else None
+    net_keys = "model.net.init_args" if contract.takes(hp["net"], "forget_bias") else None
+    checks["vanishing"] = check_vanishing(float(flow[0] / flow[-1].clamp(min=1e-300)), gates, net_keys)
     checks["length"] = check_sequence_length(flow, flow.shape[0], hp.get("tbptt_steps"))
 
     skills = {k.removeprefix("val/skill_vs_"): float(v) for k, v in metrics.items() if k.startswith("val/skill_vs_")}
@@ -363,7 +391,8 @@ def run_diagnose(trainer: L.Trainer, model: L.LightningModule, dm: L.LightningDa
     checks["baselines"] = check_baselines(skills, corr)
     copying = [metrics.get(k) for k in ("val/best_lag", "val/best_lag_corr", "val/pred_std_ratio")]
     if None not in copying:
-        checks["copying"] = check_copying(int(copying[0]), copying[1], corr, copying[2])
+        dropout_key = net_key(model, "dropout", "the network's dropout")
+        checks["copying"] = check_copying(int(copying[0]), copying[1], corr, copying[2], dropout_key)
     checks["target"] = check_target(getattr(dm, "target", None) if hasattr(dm, "stats") else None)
     order = ("overfit", "exploding", "vanishing", "init", "scaling", "lr", "length", "baselines", "target", "copying")
     return [checks[k] for k in order if k in checks], stats.get("ranges")

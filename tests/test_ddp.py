@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from forecasting.callbacks.prediction_writer import PredictionWriter
 from forecasting.data.datamodule import PriceDataModule
-from forecasting.data.windows import keep_batch
+from forecasting.data.base import keep_batch
 from forecasting.models.forecaster import Forecaster
 from tests.conftest import ROOT, dm_kwargs, make_prices
 

@@ -1,6 +1,7 @@
 import torch
 
-from forecasting.data.windows import WindowDataset, keep_batch, valid_ends, window_view
+from forecasting.data.base import keep_batch
+from forecasting.data.windows import WindowDataset, valid_ends, window_view
 
 
 def base(rows=10, features=2):

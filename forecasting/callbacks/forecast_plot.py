@@ -9,14 +9,13 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from forecasting.callbacks.common import tensorboard
-from forecasting.data.datamodule import PriceDataModule
 
 
 class ForecastPlot(Callback):
     """ticker: the series to draw; default the split's first. The first horizon step is drawn.
 
-    With a PriceDataModule the x axis is the date each forecast was made (its target is the next
-    trading day); with other data (batches holding x, y, y_loc, y_scale, row) it is the row index.
+    Where the data module describes its samples by date and ticker (PriceDataModule) the x axis is
+    the date each forecast was made (its target is the next trading day); otherwise the row index.
     The forecasts are those validation computes anyway (a forward hook on `pl_module.net`
     keeps its last-step output), so the cost is one figure per epoch. Rank zero only; under DDP
     it sees only its shard (every world_size-th window).
@@ -35,10 +34,10 @@ class ForecastPlot(Callback):
         if self._active and isinstance(net, nn.Module):
             self._hook = net.register_forward_hook(self._keep_output)
         dm = trainer.datamodule
-        if self._active and isinstance(dm, PriceDataModule):
+        ends = getattr(dm.dataset(stage), "ends", None) if self._active and hasattr(dm, "dataset") else None
+        where = dm.describe_rows(ends, stage) if ends is not None else None
+        if where is not None and {"ticker", "date"} <= set(where.columns):
             # Which rows belong to the ticker: looked up once per epoch, not per batch.
-            ends = dm.dataset(stage).ends
-            where = dm.describe_rows(ends, stage)
             self._ticker = self.ticker or where["ticker"].iat[0]
             mine = torch.from_numpy((where["ticker"] == self._ticker).to_numpy().copy())
             self._wanted = torch.zeros(int(ends.max()) + 1, dtype=torch.bool)

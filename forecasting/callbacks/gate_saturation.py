@@ -2,9 +2,10 @@
 
 A gate activation below 0.05 or above 0.95 sits on a flat part of the sigmoid: its own
 gradient is nearly zero, and a forget gate near 0 also cuts the gradient through the cell
-state. Logged (LSTM only; other cells are skipped):
+state. Logged for every nn.LSTM layer found in the network (wherever it sits; GRU and
+non-recurrent layers have no such gates and log nothing here):
   gates/forget_saturated, gates/input_saturated   share of activations < 0.05 or > 0.95, all layers
-  gates/l<k>_forget_saturated, gates/l<k>_input_saturated   the same per layer
+  gates/<layer>_forget_saturated, gates/<layer>_input_saturated   the same per layer (layers.0, ...)
   gates/forget_mean    near 1: long memory (the intended state); near 0: the cell state is wiped each step
 """
 
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from forecasting.callbacks.common import FixedBatchCallback, log_scalars
+from forecasting.models import contract
 
 LOW, HIGH = 0.05, 0.95
 
@@ -39,6 +41,39 @@ def lstm_gates(lstm: nn.LSTM, x: torch.Tensor) -> tuple[list[tuple[torch.Tensor,
     return gates, seq
 
 
+@torch.no_grad()
+def network_gates(net: nn.Module, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{layer: (input gate, forget gate)} of every LSTM layer in any network, on input x: one
+    forward pass records what each LSTM receives, then its gates are recomputed from that."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def record(path):
+        def hook(module, args, output):  # returns None: the output is left as it is
+            seen.setdefault(path, args[0])
+
+        return hook
+
+    hooks = []
+    for path, module in contract.recurrent_layers(net):
+        usable = isinstance(module, nn.LSTM) and module.batch_first and not module.bidirectional
+        if usable and not module.proj_size:
+            hooks.append(module.register_forward_hook(record(path)))
+    try:
+        contract.call(net, x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    modules = dict(net.named_modules())
+    gates = {}
+    for path, inputs in seen.items():
+        lstm = modules[path] if path in modules else net  # recurrent_layers names the root 'net'
+        if not isinstance(inputs, torch.Tensor):
+            continue
+        for k, pair in enumerate(lstm_gates(lstm, inputs)[0]):
+            gates[path + (f"_l{k}" if lstm.num_layers > 1 else "")] = pair
+    return gates
+
+
 def saturated(a: torch.Tensor) -> float:
     return float(((a < LOW) | (a > HIGH)).float().mean())
 
@@ -47,16 +82,18 @@ class GateSaturation(FixedBatchCallback):
     """See the module docstring; interval and batch as in FixedBatchCallback."""
 
     def measure(self, trainer, pl_module, batch):
-        rnn = getattr(getattr(pl_module, "net", None), "rnn", None)
-        if not isinstance(rnn, nn.LSTM) or rnn.bidirectional or rnn.proj_size or not rnn.batch_first:
+        net = getattr(pl_module, "net", None)
+        gates = network_gates(net, batch["x"]) if isinstance(net, nn.Module) else {}
+        if not gates:
             return
-        gates, _ = lstm_gates(rnn, batch["x"])
+        inputs = torch.cat([i.flatten() for i, _ in gates.values()])
+        forgets = torch.cat([f.flatten() for _, f in gates.values()])
         metrics = {
-            "gates/input_saturated": saturated(torch.stack([i for i, _ in gates])),
-            "gates/forget_saturated": saturated(torch.stack([f for _, f in gates])),
-            "gates/forget_mean": float(torch.stack([f for _, f in gates]).mean()),
+            "gates/input_saturated": saturated(inputs),
+            "gates/forget_saturated": saturated(forgets),
+            "gates/forget_mean": float(forgets.mean()),
         }
-        for layer, (i, f) in enumerate(gates):
-            metrics[f"gates/l{layer}_input_saturated"] = saturated(i)
-            metrics[f"gates/l{layer}_forget_saturated"] = saturated(f)
+        for layer, (i, f) in gates.items():
+            metrics[f"gates/{layer}_input_saturated"] = saturated(i)
+            metrics[f"gates/{layer}_forget_saturated"] = saturated(f)
         log_scalars(trainer, metrics)

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from forecasting.callbacks.common import FixedBatchCallback, log_scalars, tensorboard
+from forecasting.models import contract
 
 
 def gradient_flow(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn=None) -> torch.Tensor:
@@ -26,7 +27,7 @@ def gradient_flow(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn=None
     loss_fn = loss_fn or nn.MSELoss()
     x = x.detach().clone().requires_grad_(True)
     with rnns_in_train_mode_without_dropout(net):
-        out, _ = net(x)
+        out, _ = contract.call(net, x)
         target = y[:, -1] if y.dim() == 3 else y  # dense targets: the last step's
         (grad,) = torch.autograd.grad(loss_fn(out[:, -1], target), x)
     return torch.linalg.vector_norm(grad, dim=(0, 2))

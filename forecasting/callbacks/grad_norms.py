@@ -7,8 +7,12 @@ Logged every `every_n_steps` optimiser steps (a truncated-BPTT chunk is a step):
                               gradients for 'value'; equal to pre when clipping is off
   grad_norm/max_pre_clip      the largest pre-clip norm of the interval: a spike between two logged steps shows
   grad_norm/clip_fraction     share of the interval's steps on which clipping changed the gradients
-  grad_norm/l<k>_input_to_hidden, grad_norm/l<k>_hidden_to_hidden, grad_norm/head   pre-clip, per layer
-  grad_norm/l<k>_{ih,hh}_{input,forget,cell,output}_gate   LSTM only: each gate's block of each weight
+  grad_norm/<layer>_input_to_hidden, grad_norm/<layer>_hidden_to_hidden   pre-clip, each recurrent layer
+  grad_norm/<module>                   pre-clip, every other module with parameters (e.g. head)
+  grad_norm/<layer>_{ih,hh}_{input,forget,cell,output}_gate   LSTM layers only: each gate's block
+<layer> is the recurrent module's path in the network (layers.0, layers.1 for the default
+StackedRNN), plus _l<k> for layer k of a multi-layer nn.LSTM/GRU: layers are found wherever
+they sit in any network (named_modules), and two layers never share a tag.
 The total norm is computed on every step (one fused norm, no host sync) so that the fraction and
 the maximum cover the whole interval; the per-layer and per-gate norms only on logging steps.
 """
@@ -20,17 +24,29 @@ from lightning.pytorch import Callback
 from torch.nn.utils import get_total_norm
 
 from forecasting.callbacks.common import log_scalars, trainable
+from forecasting.models.contract import RECURRENT
 
 RNN_PARAM = re.compile(r"(weight|bias)_(ih|hh)_l(\d+)(_reverse)?$")
 
 
-def layer_of(name: str) -> str:
-    """'net.rnn.weight_hh_l1' -> 'l1_hidden_to_hidden', 'net.head.bias' -> 'head'."""
-    match = RNN_PARAM.search(name)
-    if match:
-        kind = "input" if match[2] == "ih" else "hidden"
-        return f"l{match[3]}{match[4] or ''}_{kind}_to_hidden"
-    return name.removeprefix("net.").split(".")[0]
+def param_groups(pl_module) -> dict[str, tuple[str, bool]]:
+    """Parameter name -> (tag, is an LSTM weight), e.g. 'net.layers.1.weight_hh_l0' ->
+    ('layers.1_hidden_to_hidden', True), 'net.head.bias' -> ('head', False)."""
+    owners = {}
+    for path, module in pl_module.named_modules():
+        for pname, _ in module.named_parameters(recurse=False):
+            owners[f"{path}.{pname}" if path else pname] = (path, module, pname)
+    groups = {}
+    for name, (path, module, pname) in owners.items():
+        short = path.removeprefix("net.") if path != "net" else "net"
+        match = RNN_PARAM.fullmatch(pname) if isinstance(module, RECURRENT) else None
+        if match:
+            layer = short + (f"_l{match[3]}" if module.num_layers > 1 else "") + (match[4] or "")
+            kind = "input" if match[2] == "ih" else "hidden"
+            groups[name] = (f"{layer}_{kind}_to_hidden", isinstance(module, torch.nn.LSTM) and match[1] == "weight")
+        else:
+            groups[name] = (short or name, False)
+    return groups
 
 
 def clip_settings(trainer, pl_module) -> tuple[float | None, str]:
@@ -62,6 +78,7 @@ class GradientNorms(Callback):
 
     def on_train_start(self, trainer, pl_module):
         self._params = trainable(pl_module)
+        self._groups = param_groups(pl_module)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         named = [(n, p.grad.detach()) for n, p in self._params if p.grad is not None]
@@ -97,15 +114,16 @@ class GradientNorms(Callback):
         }
         groups: dict[str, list[torch.Tensor]] = {}
         for (name, _), norm in zip(named, norms, strict=True):
-            groups.setdefault(layer_of(name), []).append(norm)
+            groups.setdefault(self._groups[name][0], []).append(norm)
         for layer, layer_norms in groups.items():
             metrics[f"grad_norm/{layer}"] = torch.linalg.vector_norm(torch.stack(layer_norms))
-        if isinstance(getattr(getattr(pl_module, "net", None), "rnn", None), torch.nn.LSTM):
-            for name, grad in named:  # gate-level norms, pre-clip, per layer and weight (ih / hh)
-                match = RNN_PARAM.search(name)
-                if match and match[1] == "weight":
-                    for gate, norm in gate_norms(grad).items():
-                        metrics[f"grad_norm/l{match[3]}{match[4] or ''}_{match[2]}_{gate}_gate"] = norm
+        for name, grad in named:  # gate-level norms of LSTM weights, pre-clip, per layer and weight (ih / hh)
+            tag, lstm_weight = self._groups[name]
+            if lstm_weight:
+                layer, kind = tag.removesuffix("_input_to_hidden").removesuffix("_hidden_to_hidden"), tag
+                weight = "ih" if kind.endswith("_input_to_hidden") else "hh"
+                for gate, norm in gate_norms(grad).items():
+                    metrics[f"grad_norm/{layer}_{weight}_{gate}_gate"] = norm
         values = torch.stack([v.float() for v in metrics.values()]).tolist()  # one host sync, not one per value
         log_scalars(trainer, dict(zip(metrics, values, strict=True)))
         self._reset()

@@ -9,8 +9,9 @@ from lightning.pytorch.utilities import rank_zero_info
 
 
 class PredictionWriter(BasePredictionWriter):
-    """One row per (date, ticker, h): the forecast made after the close of `date` for
-    h trading days ahead, and the actual value where the file already has it.
+    """One row per (sample, h): the columns the data module's `describe_rows` gives (date and ticker
+    for price files: the forecast made after the close of `date` for h trading days ahead; the sample
+    index by default), then h, target, the forecast and the actual value where it is known.
 
     output: CSV path; default `<log dir>/predictions.csv`.
     """
@@ -32,18 +33,16 @@ class PredictionWriter(BasePredictionWriter):
             rows, forecast, actual = (torch.cat(parts) for parts in zip(*shares, strict=True))
         if not trainer.is_global_zero:
             return
-        where = trainer.datamodule.describe_rows(rows)
+        dm = trainer.datamodule
+        where = dm.describe_rows(rows).reset_index(drop=True)  # e.g. date and ticker; the sample id by default
         horizon = forecast.shape[1]
-        table = pd.DataFrame(
-            {
-                "date": where["date"].repeat(horizon).to_numpy(),
-                "ticker": where["ticker"].repeat(horizon).to_numpy(),
-                "h": list(range(1, horizon + 1)) * len(rows),
-                "target": trainer.datamodule.target,
-                "forecast": forecast.reshape(-1).numpy(),
-                "actual": actual.reshape(-1).numpy(),
-            }
-        ).sort_values(["ticker", "date", "h"], kind="stable")
+        table = where.loc[where.index.repeat(horizon)].reset_index(drop=True)
+        table["h"] = list(range(1, horizon + 1)) * len(rows)
+        table["target"] = getattr(dm, "target", "target")
+        table["forecast"] = forecast.reshape(-1).numpy()
+        table["actual"] = actual.reshape(-1).numpy()
+        order = [c for c in ("ticker", "date") if c in where] or list(where.columns)
+        table = table.sort_values([*order, "h"], kind="stable")
         output.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(output, index=False)
         self.written = output

@@ -13,7 +13,7 @@ Example: python -m forecasting fit --config configs/adding.yaml
 import torch
 from torch.utils.data import Dataset, RandomSampler
 
-from forecasting.data.windows import BatchLoaders
+from forecasting.data.base import ForecastData
 from forecasting.errors import ForecastingError
 
 
@@ -52,7 +52,7 @@ class AddingDataset(Dataset):
         }
 
 
-class AddingDataModule(BatchLoaders):
+class AddingDataModule(ForecastData):
     def __init__(
         self,
         seq_len: int = 50,

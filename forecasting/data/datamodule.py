@@ -22,7 +22,8 @@ from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 from forecasting import baselines
 from forecasting.data import features as F
 from forecasting.data.io import MISSING_POLICIES, read_prices, where
-from forecasting.data.windows import BatchLoaders, WindowDataset, valid_ends
+from forecasting.data.base import ForecastData
+from forecasting.data.windows import WindowDataset, valid_ends
 from forecasting.errors import ForecastingError
 
 
@@ -66,7 +67,7 @@ def fit_scaler(name: str, values: np.ndarray, labels: list[str], where: str) -> 
     return [float(v) for v in center], [float(v) for v in scale]
 
 
-class PriceDataModule(BatchLoaders):
+class PriceDataModule(ForecastData):
     """Daily prices of one or many tickers in long format (one row per ticker and date).
 
     Example: python -m forecasting fit --config configs/volatility.yaml
@@ -98,10 +99,11 @@ class PriceDataModule(BatchLoaders):
         super().__init__()
         features = list(features)
         for name in [*features, target]:
-            if name not in F.TRANSFORMS and name not in (columns or {}):
+            if not F.load(name) and name not in (columns or {}):
                 raise ForecastingError(
                     f"data.features/data.target: unknown transform '{name}'; use one of "
-                    f"{sorted(F.TRANSFORMS)} or a column named in data.columns"
+                    f"{sorted(n for n in F.TRANSFORMS if '.' not in n)}, a column named in data.columns, or the "
+                    "dotted path of your own @transform (my_features.realised_vol_20)"
                 )
         if columns is None:
             columns = {c: c for c in F.required_columns([*features, target])}
@@ -188,12 +190,22 @@ class PriceDataModule(BatchLoaders):
             index = rows.index.to_numpy()
             for name, column in columns.items():
                 values = F.compute(rows, name)
-                bad = ~np.isfinite(values[F.warmup(name) :])
+                warm = F.warmup(name)
+                bad = ~np.isfinite(values[warm:])
                 if bad.any():
-                    i = index[F.warmup(name) + int(np.flatnonzero(bad)[0])]
+                    first = warm + int(np.flatnonzero(bad)[0])
+                    i = index[first]
+                    # Not finite right after the declared warm-up, at the series' very start: most likely a
+                    # transform that needs more warm-up rows than it declares (a rolling window).
+                    cause = (
+                        f"row {first + 1} of the ticker's series, just after its {warm} warm-up rows: if the "
+                        f"transform needs more history, register it with @transform(..., warmup=N)"
+                        if first == warm and name in F.TRANSFORMS and not np.isfinite(values[: warm + 1]).any()
+                        else "a zero price or volume, or a value the transform cannot take?"
+                    )
                     raise ForecastingError(
                         f"{path}: {where(Path(path), int(frame['line'].iat[i]))}: transform '{name}' is not finite for "
-                        f"ticker '{ticker}' on {frame['time'].iat[i].date()} (a zero price or volume?); fix the row"
+                        f"ticker '{ticker}' on {frame['time'].iat[i].date()} ({cause}); fix the row"
                     )
                 column[index] = values
         for name, column in columns.items():

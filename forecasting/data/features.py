@@ -5,16 +5,23 @@ A transform takes the frame of ONE ticker (sorted by time, columns named as in
 row that uses only that row and earlier rows. As a feature, row t is an input
 at day t; as a target with horizon H, the data module takes rows t+1..t+H.
 
-Add your own with the decorator, naming the columns it needs:
+Add your own with the decorator, naming the columns it needs and how many rows at the
+start of each series it leaves undefined (NaN) by construction (`warmup`, default 0):
 
-    @transform("close")
-    def log_price(f):
-        return np.log(f["close"].to_numpy())
+    @transform("close", warmup=20)
+    def realised_vol_20(f):
+        r = np.diff(np.log(f["close"].to_numpy()), prepend=np.nan)
+        return pd.Series(r).rolling(20).std().to_numpy()    # first 20 rows NaN
 
-then use it as `data.features: [..., log_price]` or `data.target: log_price`.
-Any name that is not a transform but a column in `data.columns` is used raw.
+then use it as `data.features: [..., realised_vol_20]` or `data.target: realised_vol_20`.
+A NaN or Inf after the warm-up rows is an error naming the file's line. Windows never
+include warm-up rows. Any name that is not a transform but a column in `data.columns`
+is used raw. Define it in this file, or in a file of your own, say `my_features.py` next
+to `configs/`, and name it by its dotted path: `data.features: [log_return, my_features.realised_vol_20]`
+(the module is imported when the config is read; its decorators register the transforms).
 """
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -81,6 +88,23 @@ def log_range(f: pd.DataFrame) -> np.ndarray:
 def log_volume_change(f: pd.DataFrame) -> np.ndarray:
     """log(volume_t / volume_{t-1}); a zero volume makes it infinite (an error)."""
     return _diff_log(f["volume"].to_numpy())
+
+
+def load(name: str) -> bool:
+    """Make a dotted name ('my_features.realised_vol_20') known by importing its module; True if
+    it is a transform afterwards. The transform is registered under the dotted name too."""
+    if name in TRANSFORMS:
+        return True
+    module, _, attr = name.rpartition(".")
+    if not module:
+        return False
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return False
+    if fn.__name__ in TRANSFORMS and TRANSFORMS[fn.__name__].fn is fn:
+        TRANSFORMS[name] = TRANSFORMS[fn.__name__]
+    return name in TRANSFORMS
 
 
 def required_columns(names: list[str]) -> list[str]:

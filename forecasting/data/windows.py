@@ -5,12 +5,8 @@ window is a strided view of it (no copy); a batch is gathered from that view in
 one indexing call. Memory stays O(rows x features), never O(rows x window).
 """
 
-import os
-
-import lightning as L
 import torch
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import Dataset
 
 
 def window_view(values: torch.Tensor, window: int) -> torch.Tensor:
@@ -69,69 +65,3 @@ class WindowDataset(Dataset):
         batch = self.__getitems__([index])
         batch["baselines"] = {k: v[0] for k, v in batch["baselines"].items()}
         return {k: v if k == "baselines" else v[0] for k, v in batch.items()}
-
-
-class EpochRandomSampler(RandomSampler):
-    """Shuffles in an order fixed by (seed, epoch) alone, so a run resumed at an epoch
-    boundary sees the same batches as one never stopped. Lightning calls `set_epoch`;
-    under DDP it swaps this for its DistributedSampler, which seeds the same way."""
-
-    def __init__(self, data_source, seed: int = 0):
-        super().__init__(data_source, generator=torch.Generator())
-        self.seed = seed
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.generator.manual_seed(self.seed + epoch)
-
-
-def keep_batch(batch):
-    """collate_fn for `WindowDataset`: `__getitems__` already returns a batch."""
-    return batch
-
-
-class BatchLoaders(L.LightningDataModule):
-    """The four dataloaders of a data module whose datasets return whole batches (`__getitems__`).
-    A subclass provides `dataset(stage)` and sets `batch_size` (and `num_workers`, default 0)."""
-
-    num_workers = 0
-
-    def dataset(self, stage: str) -> Dataset:
-        raise NotImplementedError
-
-    def train_sampler(self, dataset: Dataset):
-        # seed_everything records its seed in PL_GLOBAL_SEED: shuffles follow it.
-        return EpochRandomSampler(dataset, int(os.environ.get("PL_GLOBAL_SEED", 0)))
-
-    def loader(self, stage: str) -> DataLoader:
-        dataset = self.dataset(stage)
-        sampler = self.train_sampler(dataset) if stage == "train" else None
-        ranks = getattr(self.trainer.strategy, "distributed_sampler_kwargs", None) if self.trainer else None
-        if stage in ("val", "test") and ranks and ranks["num_replicas"] > 1:
-            # Under DDP Lightning's DistributedSampler repeats up to (ranks - 1) windows so that every
-            # rank gets as many, which biases val/loss. Evaluation needs no equal counts: give each
-            # window to one rank. Training (equal steps needed) and predict keep Lightning's samplers.
-            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False, **ranks)
-        # On a GPU, page-locked batches let Lightning's non_blocking copy to the device run asynchronously.
-        pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            collate_fn=keep_batch,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=pin,
-        )
-
-    def train_dataloader(self):
-        return self.loader("train")
-
-    def val_dataloader(self):
-        return self.loader("val")
-
-    def test_dataloader(self):
-        return self.loader("test")
-
-    def predict_dataloader(self):
-        return self.loader("predict")

@@ -1,4 +1,5 @@
-"""The LightningModule: wraps the network (lstm.py) with a loss, metrics and an optimiser.
+"""The LightningModule: wraps any network (`model.net`, contract.py; default lstm.py) with a loss,
+metrics and an optimiser.
 
 A batch from the data module is a dict: x (B, window, F) scaled inputs; y (B, H)
 scaled targets of the window's last step, or (B, window, H) with dense targets;
@@ -34,7 +35,9 @@ from torchmetrics import CatMetric, MeanAbsoluteError, MeanMetric, MeanSquaredEr
 
 from forecasting import persistence
 from forecasting.errors import ForecastingError
-from forecasting.models.lstm import CELLS, INITS, StackedRNN
+from forecasting.models import contract
+from forecasting.models.contract import NetworkCallable
+from forecasting.models.lstm import StackedRNN
 
 LOSSES = {"mse": nn.MSELoss, "mae": nn.L1Loss, "huber": nn.HuberLoss}
 
@@ -54,14 +57,9 @@ def metrics() -> nn.ModuleDict:
 class Forecaster(L.LightningModule):
     def __init__(
         self,
-        n_features: int = 3,  # linked from data.features by the CLI
-        horizon: int = 1,  # linked from data.horizon by the CLI
-        hidden_size: int = 64,
-        num_layers: int = 2,
-        dropout: float = 0.1,
-        cell: str = "lstm",
-        init: str = "orthogonal",
-        forget_bias: float = 1.0,
+        net: NetworkCallable = StackedRNN,  # any network of the contract (contract.py), by class_path
+        n_features: int = 3,  # linked from the data module by the CLI
+        horizon: int = 1,  # linked from the data module by the CLI
         loss: str = "mse",
         dense_loss: bool = False,  # loss on every step after burn_in (always so with tbptt_steps)
         burn_in: int = 8,  # first steps of a window without loss: the state is still warming up
@@ -76,12 +74,7 @@ class Forecaster(L.LightningModule):
     ):
         super().__init__()
         checks = {
-            "model.cell": (cell in CELLS, f"use one of {list(CELLS)}"),
-            "model.init": (init in INITS, f"use one of {list(INITS)}"),
             "model.loss": (loss in LOSSES, f"use one of {list(LOSSES)}"),
-            "model.dropout": (0 <= dropout < 1, "use a probability in [0, 1)"),
-            "model.hidden_size": (hidden_size >= 1, "use a positive integer"),
-            "model.num_layers": (num_layers >= 1, "use a positive integer"),
             "model.scheduler_interval": (scheduler_interval in ("epoch", "step"), "use 'epoch' or 'step'"),
             "model.burn_in": (burn_in >= 0, "use 0 or more steps"),
             "model.tbptt_steps": (tbptt_steps is None or tbptt_steps >= 1, "use null or a positive integer"),
@@ -92,9 +85,11 @@ class Forecaster(L.LightningModule):
             if not ok:
                 raise ForecastingError(f"{key}: invalid value {locals()[key.split('.')[1]]!r}; {hint}")
         # The optimiser callables are classes, not plain data: keep them out of the checkpoint
-        # so it loads with weights_only=True (config.yaml in the log dir records them).
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        self.net = StackedRNN(n_features, horizon, hidden_size, num_layers, dropout, cell, init, forget_bias)
+        # so it loads with weights_only=True (config.yaml in the log dir records them). The
+        # network is stored as plain data (class_path and init_args) to check checkpoints against.
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "net"])
+        self.hparams["net"] = contract.describe(net)
+        self.net = contract.build(net, n_features, horizon, tbptt=tbptt_steps is not None)
         self.loss_fn = LOSSES[loss]()
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.metrics = nn.ModuleDict({"val": metrics(), "test": metrics()})
@@ -115,7 +110,7 @@ class Forecaster(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Forecast made at the end of each window: (B, window, F) -> (B, H)."""
-        return self.net(x)[0][:, -1]
+        return contract.call(self.net, x)[0][:, -1]
 
     def loss_after_burn_in(self, out: torch.Tensor, y: torch.Tensor, offset: int = 0) -> torch.Tensor | None:
         """Loss over steps at window position >= burn_in; `offset` is the position of out[:, 0]."""
@@ -139,7 +134,7 @@ class Forecaster(L.LightningModule):
             self._loss_sum, self._loss_n = 0.0, 0
 
     def _step(self, batch: dict, stage: str, batch_idx: int = 0) -> torch.Tensor:
-        out, _ = self.net(batch["x"])
+        out, _ = contract.call(self.net, batch["x"])
         pred, y = out[:, -1], batch["y"]
         if y.dim() == 3:  # dense targets: one per time step
             loss = self.loss_after_burn_in(out, y) if self.dense else self.loss_fn(pred, y[:, -1])
@@ -225,8 +220,8 @@ class Forecaster(L.LightningModule):
         burn-in). The state is carried over but detached, so no loss reaches an earlier chunk."""
         k, state = self.hparams.tbptt_steps, None
         for i, (x_chunk, y_chunk) in enumerate(zip(x.split(k, dim=1), y.split(k, dim=1), strict=True)):
-            out, state = self.net(x_chunk, state)
-            state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+            out, state = contract.call(self.net, x_chunk, state)
+            state = contract.detach(state)  # any nesting of tensors: the network's own business
             yield self.loss_after_burn_in(out, y_chunk, offset=i * k)
 
     def _tbptt_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
