@@ -91,22 +91,11 @@ class ForecastingCLI(LightningCLI):
             dm = getattr(importlib.import_module(module), name)(**data.init_args.as_dict())
             base.check(dm)  # the sizes the CLI links next must exist: one line instead of a link traceback
 
-    def _check_data(self) -> None:
-        """Before Lightning starts (and its logger writes anything): one batch of the stage the
-        subcommand uses, checked against the data contract and the model's sizes."""
-        base.check_batch(self.datamodule, self.subcommand, dense=getattr(self.model, "dense", False))
-
     def before_fit(self) -> None:
-        self._check_data()
-
-    def before_validate(self) -> None:
-        self._check_data()
-
-    def before_test(self) -> None:
-        self._check_data()
-
-    def before_predict(self) -> None:
-        self._check_data()
+        # Before Lightning starts (and its logger writes anything): one training batch checked
+        # against the data contract and the model's sizes. (validate/test/predict restore the
+        # data module's state from the checkpoint first, inside Lightning.)
+        base.check_batch(self.datamodule, "fit", dense=getattr(self.model, "dense", False))
 
 
 def resume_last(config) -> None:

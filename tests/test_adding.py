@@ -9,6 +9,7 @@ import torch
 from forecasting.data.adding import AddingDataModule, adding_problem
 from forecasting.errors import ForecastingError
 from forecasting.models.forecaster import Forecaster
+from tests.nets import lstm
 
 
 def test_adding_problem_data():
@@ -40,7 +41,7 @@ class BestValLoss(L.Callback):
 def test_default_lstm_learns_adding_t30():
     L.seed_everything(0, verbose=False)
     dm = AddingDataModule(seq_len=30, n_train=6400, n_val=500, batch_size=64)
-    model = Forecaster(n_features=2, dropout=0.0, optimizer=lambda p: torch.optim.Adam(p, lr=3e-3))
+    model = Forecaster(n_features=2, net=lstm(dropout=0.0), optimizer=lambda p: torch.optim.Adam(p, lr=3e-3))
     best = BestValLoss()  # Adam's loss curve on this task is bumpy: judge the best validation MSE
     trainer = L.Trainer(
         accelerator="cpu",

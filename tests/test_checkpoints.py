@@ -47,7 +47,7 @@ def test_a_checkpoint_whose_pickle_runs_code_is_refused(cli_args, tmp_path, caps
     [
         (["--data.init_args.horizon", "2"], "data.horizon=1"),
         (["--data.init_args.features", "[log_return, gk_log_var]"], "data.features="),
-        (["--model.hidden_size", "16"], "model.hidden_size=64"),
+        (["--model.net.init_args.hidden_sizes", "[64, 16]"], "model.net.init_args.hidden_sizes=64"),
     ],
 )
 def test_a_checkpoint_from_another_config_is_refused(cli_args, tmp_path, capsys, override, key):
@@ -67,7 +67,7 @@ def weights(path) -> dict:
 
 def test_resumed_at_an_epoch_boundary_equals_uninterrupted(cli_args, tmp_path):
     # No dropout: its masks come from the global RNG, which a new process re-seeds.
-    common = ["--model.dropout", "0.0", "--trainer.limit_val_batches", "1"]
+    common = ["--model.net.init_args.dropout", "0.0", "--trainer.limit_val_batches", "1"]
     main(cli_args("fit", "configs/volatility.yaml", *common, "--trainer.max_epochs", "2"))
     straight = weights(tmp_path / "logs" / "volatility" / "version_0" / "checkpoints" / "last.ckpt")
     main(cli_args("fit", "configs/volatility.yaml", *common, "--trainer.logger.init_args.name", "interrupted"))

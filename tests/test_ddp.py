@@ -29,6 +29,7 @@ from forecasting.callbacks.prediction_writer import PredictionWriter
 from forecasting.data.datamodule import PriceDataModule
 from forecasting.data.base import keep_batch
 from forecasting.models.forecaster import Forecaster
+from tests.nets import lstm
 from tests.conftest import ROOT, dm_kwargs, make_prices
 
 SEED, B = 7, 8  # B: batch size PER RANK; the single-process reference uses 2 * B
@@ -94,7 +95,7 @@ def model(dm: PriceDataModule, **kwargs) -> Forecaster:
     torch.manual_seed(0)
     # SGD (no per-parameter state) and no dropout: the update is a plain function of the mean gradient.
     sgd = functools.partial(torch.optim.SGD, lr=0.1)  # picklable, should a test switch to "spawn"
-    return Forecaster(n_features=dm.n_features, hidden_size=8, dropout=0.0, optimizer=sgd, **kwargs)
+    return Forecaster(n_features=dm.n_features, net=lstm(hidden_sizes=8, dropout=0.0), optimizer=sgd, **kwargs)
 
 
 @pytest.mark.parametrize("tbptt_steps", [None, 8], ids=["full_bptt", "tbptt"])
@@ -133,7 +134,7 @@ def test_ddp_matches_one_process_with_twice_the_batch(tmp_path, tbptt_steps):
     start = model(dm, tbptt_steps=tbptt_steps, burn_in=4).state_dict()
     for name, value in one_model.state_dict().items():
         torch.testing.assert_close(ddp_model.state_dict()[name], value, rtol=0, atol=1e-6)  # seen: 3e-8
-    assert (one_model.state_dict()["net.rnn.weight_hh_l0"] - start["net.rnn.weight_hh_l0"]).abs().max() > 1e-3
+    assert (one_model.state_dict()["net.layers.0.weight_hh_l0"] - start["net.layers.0.weight_hh_l0"]).abs().max() > 1e-3
     # The same validation loss, reduced over both ranks' halves of the validation windows.
     val = float(one.callback_metrics["val/loss"])
     assert float(ddp.callback_metrics["val/loss"]) == pytest.approx(val, rel=1e-6)

@@ -36,24 +36,27 @@ def test_exploding_flags_a_huge_learning_rate(prices_csv):
 def test_vanishing_flags_a_small_weight_rnn_over_a_long_window():
     torch.manual_seed(0)
     x, y = torch.randn(16, 200, 3), torch.randn(16, 1)
-    broken = StackedRNN(3, cell="gru", init="pytorch", hidden_size=16)
+    broken = StackedRNN(3, 1, cell="gru", init="pytorch", hidden_sizes=16)
     with torch.no_grad():
-        for p in broken.rnn.parameters():
+        for p in broken.layers.parameters():
             p.mul_(0.3)  # small recurrent weights: each step shrinks the gradient
     ratio = gradient_flow(broken, x, y)
     assert D.check_vanishing(float(ratio[0] / ratio[-1]), None).status == D.FAIL
-    healthy = gradient_flow(StackedRNN(3, hidden_size=16), x[:, :20], y)
+    healthy = gradient_flow(StackedRNN(3, 1, hidden_sizes=16), x[:, :20], y)
     assert D.check_vanishing(float(healthy[0] / healthy[-1]), 0.0).status == D.PASS
 
 
 def test_init_flags_zero_forget_bias_with_long_windows_and_non_orthogonal_weights():
-    zero = StackedRNN(3, hidden_size=32, forget_bias=0.0)
-    w = [zero.rnn.weight_hh_l0, zero.rnn.weight_hh_l1]
-    assert D.check_init(w, 32, 0.0, window=200).status == D.WARN
-    default = StackedRNN(3, hidden_size=32, init="pytorch")
-    assert D.check_init([default.rnn.weight_hh_l0], 32, None, window=20).status == D.WARN
-    healthy = StackedRNN(3, hidden_size=32)
-    assert D.check_init([healthy.rnn.weight_hh_l0, healthy.rnn.weight_hh_l1], 32, 1.0, window=200).status == D.PASS
+    zero = StackedRNN(3, 1, hidden_sizes=32, forget_bias=0.0)
+    w, sizes, forget = D.recurrent_weights(zero)
+    assert sizes == [32, 32] and forget == 0.0
+    assert D.check_init(w, sizes, forget, window=200).status == D.WARN
+    default = StackedRNN(3, 1, hidden_sizes=32, init="pytorch")
+    assert D.check_init([default.layers[0].weight_hh_l0], 32, None, window=20).status == D.WARN
+    healthy = StackedRNN(3, 1, hidden_sizes=[32, 16])  # per-layer sizes: blocks split by each layer's size
+    w, sizes, forget = D.recurrent_weights(healthy)
+    assert sizes == [32, 16] and forget == 1.0
+    assert D.check_init(w, sizes, forget, window=200).status == D.PASS
 
 
 def test_scaling_flags_unscaled_inputs(prices_csv):
@@ -118,7 +121,7 @@ def test_overfit_one_batch_flags_frozen_parameters_and_a_far_off_learning_rate(o
     torch.manual_seed(0)
     model = Forecaster(n_features=3, optimizer=lambda p: torch.optim.Adam(p, lr=lr))
     if broken == "frozen":  # e.g. a backbone left frozen after fine-tuning code
-        model.net.rnn.requires_grad_(False)
+        model.net.layers.requires_grad_(False)
     first, last = D.overfit_one_batch(model, one_batch, steps=200)
     check = D.check_overfit(first, last, 200)
     assert check.status == (D.PASS if broken == "healthy" else D.FAIL)

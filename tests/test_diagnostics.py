@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from forecasting.callbacks.forecast_plot import ForecastPlot
-from forecasting.callbacks.gate_saturation import GateSaturation, lstm_gates, saturated
+from forecasting.callbacks.gate_saturation import GateSaturation, lstm_gates, network_gates, saturated
 from forecasting.callbacks.grad_flow import GradientFlow, gradient_flow
 from forecasting.callbacks.grad_histograms import GradientHistograms
 from forecasting.callbacks.grad_norms import GradientNorms
@@ -26,6 +26,7 @@ from forecasting.errors import ForecastingError
 from forecasting.models.forecaster import Forecaster
 from forecasting.models.lstm import StackedRNN
 from tests.conftest import dm_kwargs, make_prices
+from tests.nets import lstm
 
 WINDOW, FEATURES, B = 16, 3, 8
 
@@ -44,9 +45,13 @@ def batches(n=3, dense=True, seed=0, nan_at=None):
     return out
 
 
+NET_KEYS = ("hidden_sizes", "num_layers", "dropout", "cell", "init", "forget_bias")
+
+
 def model(cls=Forecaster, **kwargs) -> Forecaster:
     torch.manual_seed(0)
-    defaults = dict(n_features=FEATURES, hidden_size=8, dropout=0.0, burn_in=4, dense_loss=True)
+    net = {"hidden_sizes": 8, "dropout": 0.0, **{k: kwargs.pop(k) for k in NET_KEYS if k in kwargs}}
+    defaults = dict(n_features=FEATURES, net=lstm(**net), burn_in=4, dense_loss=True)
     return cls(**{**defaults, **kwargs})
 
 
@@ -106,7 +111,7 @@ def test_every_diagnostic_is_written_in_both_bptt_modes(tmp_path, tbptt_steps):
     assert [post[s] for s in range(steps)] == pytest.approx(net.post_clip, rel=1e-5)  # what the optimiser got
     assert scalars(ea, "grad_norm/clip_fraction") == {s: float(n > 0.3) for s, n in pre.items()}
     assert 0 < sum(n > 0.3 for n in pre.values()) < steps  # clipped on some steps, not on others
-    layers = ["l0_input_to_hidden", "l0_hidden_to_hidden", "l1_input_to_hidden", "l1_hidden_to_hidden", "head"]
+    layers = [f"layers.{k}_{w}_to_hidden" for k in (0, 1) for w in ("input", "hidden")] + ["head"]
     # per-layer norms add up (in squares) to the total
     per_layer = [scalars(ea, f"grad_norm/{layer}") for layer in layers]
     for step, norm in pre.items():
@@ -213,15 +218,21 @@ def test_gradient_flow_of_a_known_recurrence(a):
 
 def test_gradient_flow_measures_without_dropout_and_restores_the_modes():
     torch.manual_seed(0)
-    net = StackedRNN(3, hidden_size=8, num_layers=2, dropout=0.5).eval()
+    net = StackedRNN(3, 1, hidden_sizes=8, num_layers=2, dropout=0.5)
+    net.layers.append(nn.LSTM(8, 8, num_layers=2, dropout=0.5, batch_first=True))  # an RNN's own dropout too
+    net.head = nn.Linear(8, 1)
+    net.eval()
     x, y = torch.randn(4, 10, 3), torch.randn(4, 1)
     xr = x.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(nn.MSELoss()(net(xr)[0][:, -1], y), xr)  # eval mode: no dropout
     torch.testing.assert_close(gradient_flow(net, x, y), torch.linalg.vector_norm(grad, dim=(0, 2)))
-    assert not net.rnn.training and net.rnn.dropout == 0.5
+    assert not net.layers[2].training and net.layers[2].dropout == 0.5 and not net.dropout.training
     net.train()
-    torch.testing.assert_close(gradient_flow(net, x, y), torch.linalg.vector_norm(grad, dim=(0, 2)))
-    assert net.rnn.training and net.rnn.dropout == 0.5
+    torch.manual_seed(1)
+    assert not torch.allclose(gradient_flow(net, x, y), torch.linalg.vector_norm(grad, dim=(0, 2)))  # train mode: nn.Dropout on
+    net.dropout.p = 0.0
+    torch.testing.assert_close(gradient_flow(net, x, y), torch.linalg.vector_norm(grad, dim=(0, 2)))  # the RNN's own: off
+    assert net.layers[2].training and net.layers[2].dropout == 0.5
 
 
 def test_gradient_flow_vanishes_through_a_small_vanilla_rnn_but_not_an_orthogonal_lstm():
@@ -234,8 +245,8 @@ def test_gradient_flow_vanishes_through_a_small_vanilla_rnn_but_not_an_orthogona
 
 
 def test_gates_match_the_lstm_equations_and_a_huge_forget_bias_saturates():
-    net = model(num_layers=2).net.eval()
-    rnn, x = net.rnn, torch.randn(B, WINDOW, FEATURES)
+    torch.manual_seed(0)
+    rnn, x = nn.LSTM(FEATURES, 8, num_layers=2, batch_first=True).eval(), torch.randn(B, WINDOW, FEATURES)
     gates, out = lstm_gates(rnn, x)
     torch.testing.assert_close(out, rnn(x)[0], atol=1e-5, rtol=0)  # the layers are stacked as in PyTorch
     assert [tuple(g.shape) for pair in gates for g in pair] == [(B, WINDOW, 8)] * 4
@@ -248,10 +259,10 @@ def test_gates_match_the_lstm_equations_and_a_huge_forget_bias_saturates():
         c = f.sigmoid() * c + i.sigmoid() * g.tanh()
         h = o.sigmoid() * c.tanh()
     assert saturated(torch.stack([f for _, f in gates])) < 0.05
-    shut = model(num_layers=2, forget_bias=20.0).net.eval()  # forget gate pinned at ~1
-    gates, _ = lstm_gates(shut.rnn, x)
-    assert saturated(torch.stack([f for _, f in gates])) == 1.0
-    assert saturated(torch.stack([i for i, _ in gates])) < 0.05
+    shut = model(hidden_sizes=[8, 4], forget_bias=20.0).net.eval()  # forget gate pinned at ~1
+    gates = network_gates(shut, x)  # found inside the network, one entry per layer, each its own size
+    assert {k: tuple(f.shape) for k, (_, f) in gates.items()} == {"layers.0": (B, WINDOW, 8), "layers.1": (B, WINDOW, 4)}
+    assert all(saturated(f) == 1.0 and saturated(i) < 0.05 for i, f in gates.values())
 
 
 def test_first_nonfinite_names_the_tensor_and_what_is_wrong():
@@ -270,7 +281,7 @@ def test_guard_stops_at_the_step_with_a_nan_before_applying_it(tmp_path, tbptt_s
     with pytest.raises(ForecastingError) as err:
         fit(net, tmp_path, [NonFiniteGuard()], train=batches(4, nan_at=nan_at), max_epochs=2)
     message = str(err.value)
-    assert f"training stopped at global_step {step} (epoch 0): the gradient of net.rnn." in message
+    assert f"training stopped at global_step {step} (epoch 0): the gradient of net.layers." in message
     assert "is nan before the update was applied" in message and "learning rate" in message
     assert "\n" not in message
     assert all(torch.isfinite(p).all() for p in net.parameters())  # the bad update never happened
@@ -314,7 +325,7 @@ def test_forecast_plot_draws_one_ticker_in_original_units(tmp_path):
     make_prices(n_days=160).to_csv(path, index=False)
     dm = PriceDataModule(**dm_kwargs(path))
     plot = ForecastPlot()
-    net = Forecaster(n_features=dm.n_features, hidden_size=8)
+    net = Forecaster(n_features=dm.n_features, net=lstm(hidden_sizes=8))
     trainer = L.Trainer(
         accelerator="cpu", logger=TensorBoardLogger(tmp_path, name="run"), callbacks=[plot], enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, max_epochs=1, limit_train_batches=2, log_every_n_steps=1,
@@ -385,7 +396,7 @@ def test_under_ddp_rank_zero_writes_and_every_rank_stops_together(tmp_path):
     path = tmp_path / "prices.csv"
     make_prices(n_days=100).to_csv(path, index=False)
     dm = PriceDataModule(**dm_kwargs(path, batch_size=8, dense_targets=True))
-    net = Forecaster(n_features=dm.n_features, hidden_size=8, tbptt_steps=8, burn_in=4)
+    net = Forecaster(n_features=dm.n_features, net=lstm(hidden_sizes=8), tbptt_steps=8, burn_in=4)
     callbacks = [RecordingGuard(tmp_path), GradientNorms(1), GradientHistograms(4), GradientFlow(), GateSaturation()]
     callbacks += [ForecastPlot(), NanOnRankOne(step=20)]
     trainer = L.Trainer(
@@ -404,5 +415,5 @@ def test_under_ddp_rank_zero_writes_and_every_rank_stops_together(tmp_path):
     assert sorted(scalars(ea, "grad_norm/total_pre_clip")) == list(range(20))
     assert sorted(scalars(ea, "grad_flow/first_to_last")) == [0, 12]  # sanity check and epoch 0
     assert "gates/forget_saturated" in ea.Tags()["scalars"]
-    assert {"grad/net.head.weight", "weight/net.rnn.weight_hh_l1"} <= set(ea.Tags()["histograms"])
+    assert {"grad/net.head.weight", "weight/net.layers.1.weight_hh_l0"} <= set(ea.Tags()["histograms"])
     assert {"grad_flow/per_step", "forecast/val"} <= set(ea.Tags()["images"])

@@ -174,7 +174,7 @@ def test_cli_prints_one_line_exits_2_and_writes_nothing(cli_args, tmp_path, caps
 
 
 @pytest.mark.parametrize(
-    "key, value", [("--model.dropout", "1.5"), ("--data.init_args.window", "0"), ("--data.init_args.scaler", "z")]
+    "key, value", [("--model.net.init_args.dropout", "1.5"), ("--data.init_args.window", "0"), ("--data.init_args.scaler", "z")]
 )
 def test_cli_bad_config_value_is_one_line(cli_args, capsys, key, value):
     with pytest.raises(SystemExit) as exit_:

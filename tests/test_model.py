@@ -9,11 +9,12 @@ from torch.utils.data import DataLoader
 from forecasting.errors import ForecastingError
 from forecasting.models.forecaster import Forecaster
 from forecasting.models.lstm import StackedRNN
+from tests.nets import lstm
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_output_at_every_step_and_state_round_trip(cell):
-    net = StackedRNN(n_features=3, horizon=2, hidden_size=8, num_layers=2, cell=cell)
+    net = StackedRNN(n_features=3, n_outputs=2, hidden_sizes=8, num_layers=2, cell=cell)
     x = torch.randn(5, 12, 3)
     out, state = net(x)
     assert out.shape == (5, 12, 2)
@@ -26,22 +27,21 @@ def test_output_at_every_step_and_state_round_trip(cell):
 
 
 def test_orthogonal_init_and_forget_bias():
-    net = StackedRNN(n_features=3, hidden_size=16, num_layers=2, init="orthogonal", forget_bias=1.0)
-    for layer in range(2):
-        w_hh = getattr(net.rnn, f"weight_hh_l{layer}")
-        for block in w_hh.detach().split(16):  # one square block per gate
-            torch.testing.assert_close(block @ block.T, torch.eye(16), atol=1e-5, rtol=0)
-        b_ih = getattr(net.rnn, f"bias_ih_l{layer}").detach()
-        assert torch.all(b_ih[16:32] == 1.0) and torch.all(b_ih[:16] == 0) and torch.all(b_ih[32:] == 0)
-        assert torch.all(getattr(net.rnn, f"bias_hh_l{layer}") == 0)
-    default = StackedRNN(n_features=3, hidden_size=16, init="pytorch")
-    block = default.rnn.weight_hh_l0.detach()[:16]
+    net = StackedRNN(n_features=3, n_outputs=1, hidden_sizes=[16, 8], init="orthogonal", forget_bias=1.0)
+    for rnn, h in zip(net.layers, [16, 8], strict=True):
+        for block in rnn.weight_hh_l0.detach().split(h):  # one square block per gate
+            torch.testing.assert_close(block @ block.T, torch.eye(h), atol=1e-5, rtol=0)
+        b_ih = rnn.bias_ih_l0.detach()
+        assert torch.all(b_ih[h : 2 * h] == 1.0) and torch.all(b_ih[:h] == 0) and torch.all(b_ih[2 * h :] == 0)
+        assert torch.all(rnn.bias_hh_l0 == 0)
+    default = StackedRNN(n_features=3, n_outputs=1, hidden_sizes=16, init="pytorch")
+    block = default.layers[0].weight_hh_l0.detach()[:16]
     assert (block @ block.T - torch.eye(16)).abs().max() > 0.5  # PyTorch's uniform init is not orthogonal
 
 
 def test_overfits_one_small_batch():
     torch.manual_seed(0)
-    model = Forecaster(n_features=3, horizon=1, hidden_size=32, num_layers=2, dropout=0.0)
+    model = Forecaster(n_features=3, horizon=1, net=lstm(hidden_sizes=32, dropout=0.0))
     x, y = torch.randn(16, 20, 3), torch.randn(16, 1)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     first = None
@@ -57,11 +57,12 @@ def test_overfits_one_small_batch():
 @pytest.mark.parametrize(
     "kwargs, key",
     [
-        ({"dropout": 1.5}, "model.dropout"),
-        ({"cell": "transformer"}, "model.cell"),
-        ({"init": "he"}, "model.init"),
+        ({"net": lstm(dropout=1.5)}, "model.net.init_args.dropout"),
+        ({"net": lstm(cell="transformer")}, "model.net.init_args.cell"),
+        ({"net": lstm(init="he")}, "model.net.init_args.init"),
         ({"loss": "mape"}, "model.loss"),
-        ({"hidden_size": 0}, "model.hidden_size"),
+        ({"net": lstm(hidden_sizes=0)}, "model.net.init_args.hidden_sizes"),
+        ({"net": lstm(hidden_sizes=[64, -1])}, "model.net.init_args.hidden_sizes"),
     ],
 )
 def test_bad_model_config_names_the_key(kwargs, key):
@@ -83,7 +84,7 @@ def test_train_loss_is_logged_as_interval_and_epoch_means(tmp_path, tbptt_steps)
     # Truncated BPTT: 2 optimiser steps per batch (window 6, chunks of 3), still written per batch.
     torch.manual_seed(0)
     data = [{"x": torch.randn(n, 6, 3), "y": torch.randn(n, 6, 1)} for n in [5] * 7 + [3]]
-    net = Forecaster(n_features=3, hidden_size=8, dropout=0.0, dense_loss=True, burn_in=0, tbptt_steps=tbptt_steps)
+    net = Forecaster(n_features=3, net=lstm(hidden_sizes=8, dropout=0.0), dense_loss=True, burn_in=0, tbptt_steps=tbptt_steps)
     seen = BatchLosses()
     trainer = L.Trainer(
         accelerator="cpu",

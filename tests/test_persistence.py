@@ -89,10 +89,10 @@ def test_gate_norms_of_weight_hh_sum_in_squares_to_the_whole():
     from forecasting.callbacks.grad_norms import gate_norms
     from forecasting.models.lstm import StackedRNN
 
-    net = StackedRNN(3, hidden_size=8)
+    net = StackedRNN(3, 1, hidden_sizes=8)
     out, _ = net(torch.randn(4, 10, 3))
     out.pow(2).mean().backward()
-    grad = net.rnn.weight_hh_l0.grad
+    grad = net.layers[0].weight_hh_l0.grad
     norms = gate_norms(grad)
     assert list(norms) == ["input", "forget", "cell", "output"]
     total = sum(n**2 for n in norms.values())

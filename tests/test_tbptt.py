@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from forecasting.cli import main
 from forecasting.models.forecaster import Forecaster
+from tests.nets import lstm
 
 WINDOW, FEATURES = 24, 3
 
@@ -30,7 +31,7 @@ def batches(n=1, seed=0):
 
 def model(**kwargs) -> Forecaster:
     torch.manual_seed(0)
-    defaults = dict(n_features=FEATURES, hidden_size=16, dropout=0.0, burn_in=4, gradient_clip_val=None)
+    defaults = dict(n_features=FEATURES, net=lstm(hidden_sizes=16, dropout=0.0), burn_in=4, gradient_clip_val=None)
     defaults["optimizer"] = lambda p: torch.optim.SGD(p, lr=0.1)
     return Forecaster(**{**defaults, **kwargs})
 
@@ -52,7 +53,7 @@ def test_one_chunk_equals_full_bptt_after_one_step():
     fit(truncated, batches(), max_steps=1)
     for name, value in full.state_dict().items():
         torch.testing.assert_close(truncated.state_dict()[name], value, atol=1e-6, rtol=0)
-    assert not torch.equal(before["net.rnn.weight_hh_l0"], full.state_dict()["net.rnn.weight_hh_l0"])
+    assert not torch.equal(before["net.layers.0.weight_hh_l0"], full.state_dict()["net.layers.0.weight_hh_l0"])
 
 
 @pytest.mark.parametrize("k", [5, 8, 24])
@@ -92,7 +93,7 @@ class RecordNorms(Forecaster):
 def test_clipping_is_applied_on_every_step(tbptt_steps):
     torch.manual_seed(0)
     net = RecordNorms(
-        n_features=FEATURES, hidden_size=16, tbptt_steps=tbptt_steps, dense_loss=True, burn_in=4, gradient_clip_val=1e-3
+        n_features=FEATURES, net=lstm(hidden_sizes=16), tbptt_steps=tbptt_steps, dense_loss=True, burn_in=4, gradient_clip_val=1e-3
     )
     net.norms = []
     trainer = fit(net, batches(2))
@@ -136,7 +137,7 @@ def test_tbptt_cli_fit_resumes_and_predicts(cli_args, tmp_path):
         return cli_args(subcommand, "configs/volatility.yaml", *long, *extra, overlays=["configs/long_tbptt.yaml"])
 
     cli = main(args("fit"))
-    run = tmp_path / "logs" / "volatility_tbptt" / "version_0"
+    run = tmp_path / "logs" / "volatility" / "version_0"
     assert cli.trainer.global_step == 5 * 3  # debug: 5 batches x ceil(48 / 16) chunks
     last = run / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["hyper_parameters"]["tbptt_steps"] == 16

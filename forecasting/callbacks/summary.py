@@ -44,6 +44,7 @@ class RunSummary(Callback):
             self.best = {**metrics, "epoch": trainer.current_epoch}
 
     def on_fit_end(self, trainer, pl_module):
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
         if not trainer.is_global_zero:
             return
         lines = []
@@ -58,24 +59,25 @@ class RunSummary(Callback):
                 lines.append(f"  copying: {copy}")
         else:
             lines.append(f"fit: no validation ran, so no best epoch ({self.monitor} never logged)")
-        lines += self.look(trainer, best_path)
+        lines += self.look(trainer, log_dir, best_path)
         print("\n".join(lines), flush=True)
 
     def on_test_end(self, trainer, pl_module):
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
         if not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         line = f"test: test/loss {metrics['test/loss']:.4g}; " if "test/loss" in metrics else "test: "
-        print("\n".join([line + skills(metrics, "test"), *self.look(trainer, None)]), flush=True)
+        print("\n".join([line + skills(metrics, "test"), *self.look(trainer, log_dir, None)]), flush=True)
 
     @staticmethod
-    def look(trainer, best_path: str | None) -> list[str]:
+    def look(trainer, log_dir: str | None, best_path: str | None) -> list[str]:
         logger = trainer.logger
         lines = []
         if logger is not None and getattr(logger, "save_dir", None):
             root = Path(logger.save_dir) / (logger.name or "")
             lines.append(f"  look:  tensorboard --logdir {root}")
-            config = Path(trainer.log_dir or "") / "config.yaml"
+            config = Path(log_dir or "") / "config.yaml"
             if best_path and config.is_file():
                 lines.append(f"  test:  python -m forecasting test --config {config} --ckpt_path {best_path}")
         return lines
