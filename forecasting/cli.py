@@ -88,7 +88,8 @@ class ForecastingCLI(LightningCLI):
         data = config.get("data")
         if data is not None and data.get("class_path"):
             module, name = data.class_path.rsplit(".", 1)
-            dm = getattr(importlib.import_module(module), name)(**data.init_args.as_dict())
+            init = data.get("init_args")
+            dm = getattr(importlib.import_module(module), name)(**(init.as_dict() if init else {}))
             base.check(dm)  # the sizes the CLI links next must exist: one line instead of a link traceback
 
     def before_fit(self) -> None:
