@@ -110,7 +110,7 @@ def build(args, size: str, batch: int, log_dir: str, extra: list[str] = (), diag
     cli = main(
         [
             "--config", "configs/volatility.yaml", f"--trainer.logger.init_args.save_dir={log_dir}",
-            f"--model.hidden_size={hidden}", f"--model.num_layers={layers}", f"--data.init_args.window={window}",
+            f"--model.net.init_args.hidden_sizes={hidden}", f"--model.net.init_args.num_layers={layers}", f"--data.init_args.window={window}",
             f"--data.init_args.batch_size={batch}", f"--trainer.accelerator={args.accelerator}",
             f"--trainer.precision={args.precision}", "--trainer.max_epochs=1", *extra,
         ],

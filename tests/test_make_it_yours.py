@@ -121,3 +121,27 @@ def test_a_data_module_missing_the_contract_is_refused_before_training(module, w
     err = capsys.readouterr().err.strip().splitlines()
     assert exit.value.code == 2 and len(err) == 1 and all(w in err[0] for w in words), err
     assert not (tmp_path / "logs").exists()
+
+
+def test_a_feature_needing_more_warm_up_than_it_declares_says_so(prices_csv):
+    import numpy as np
+
+    from forecasting.data import features as F
+    from forecasting.data.datamodule import PriceDataModule
+    from forecasting.errors import ForecastingError
+    from tests.conftest import dm_kwargs
+
+    @F.transform("close")  # forgot warmup=5
+    def rolling_mean_5(f):
+        return np.convolve(np.r_[[np.nan] * 4, f["close"].to_numpy()], np.ones(5) / 5, mode="valid")
+
+    try:
+        dm = PriceDataModule(**dm_kwargs(prices_csv, features=["log_return", "rolling_mean_5"]))
+        with pytest.raises(ForecastingError, match=r"rolling_mean_5.*warm-up rows.*warmup=N"):
+            dm.setup("fit")
+        F.TRANSFORMS["rolling_mean_5"] = F.Transform(rolling_mean_5, ("close",), warmup=4)
+        dm = PriceDataModule(**dm_kwargs(prices_csv, features=["log_return", "rolling_mean_5"]))
+        dm.setup("fit")  # declared: the warm-up rows stay out of every window
+        assert len(dm.dataset("train")) > 0
+    finally:
+        F.TRANSFORMS.pop("rolling_mean_5", None)
