@@ -1,4 +1,4 @@
-"""Command line: python -m forecasting fit|validate|test|predict|lr_find|diagnose --config configs/<example>.yaml
+"""Command line: python -m forecasting fit|validate|test|predict|lr_find|diagnose|backtest --config configs/<example>.yaml
 
 A LightningCLI that
 - links the data module's sizes (number of features, horizon) into the model,
@@ -139,6 +139,11 @@ def check_clipping(config) -> None:
 
 def main(args: list[str] | None = None, run: bool = True) -> ForecastingCLI:
     """Entry point; `run=False` only builds the model, data module and trainer (tests)."""
+    if run and (sys.argv[1:] if args is None else args)[:1] == ["backtest"]:
+        # Many fits, each built from the parsed config (backtest.py), not one Trainer method.
+        from forecasting import backtest
+
+        return backtest.run(sys.argv[2:] if args is None else args[1:], build=lambda fold: main(fold, run=False))
     try:
         return ForecastingCLI(
             Forecaster,
