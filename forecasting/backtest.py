@@ -24,11 +24,11 @@ a SLURM job array).
 
 import argparse
 import hashlib
-import sys
 import json
 import os
 import re
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,7 +70,7 @@ def plan(dates, folds: int | None, test_period: str, val_period: str | None = No
     if scheme not in ("expanding", "sliding"):
         raise ForecastingError(f"--scheme: unknown scheme {scheme!r}; use expanding or sliding")
     if scheme == "sliding" and train_period is None:
-        raise ForecastingError("--scheme sliding needs --train_period (e.g. 5y): the length of every fold's training span")
+        raise ForecastingError("--scheme sliding needs --train_period (e.g. 5y): every fold's training span")
     train = period(train_period, "train_period") if scheme == "sliding" else None
     end = dates[-1] + pd.Timedelta(days=1)  # exclusive
     if start is None:
@@ -185,8 +185,8 @@ class Backtest:
         shutil.rmtree(self.out / f"fold_{i}", ignore_errors=True)  # an interrupted attempt's partial run
         t0 = time.perf_counter()
         split = ["--data.init_args.val_start", fold.val_start, "--data.init_args.test_start", fold.test_start,
-                 "--trainer.logger.init_args.save_dir", str(self.out), "--trainer.logger.init_args.name", "",
-                 "--data.init_args.test_end", fold.test_end, "--trainer.logger.init_args.version", f"fold_{i}"]  # fmt: skip
+                 "--data.init_args.test_end", fold.test_end, "--trainer.logger.init_args.save_dir", str(self.out),
+                 "--trainer.logger.init_args.name", "", "--trainer.logger.init_args.version", f"fold_{i}"]  # fmt: skip
         if fold.train_start is not None:
             split += ["--data.init_args.train_start", fold.train_start]
         cli = self.build([*self.args, *split])
@@ -206,7 +206,8 @@ class Backtest:
         frame = forecast_frame(model, dm, i)
         record = {**asdict(fold), "fold": i, "key": self.key, "ranges": dict(dm.stats["ranges"]),
                   "initial_weights": initial, "trained_weights": fingerprint(model), "checkpoint": best,
-                  "epochs": trainer.current_epoch, "target_kind": dm.target_kind, "windows": int(len(frame))}  # fmt: skip
+                  "epochs": trainer.current_epoch, "target_kind": dm.target_kind,
+                  "windows": int(len(frame))}  # fmt: skip
         problems = leaks(record)
         if problems:
             raise ForecastingError("leakage: " + "; ".join(problems))
@@ -215,13 +216,19 @@ class Backtest:
         t4 = time.perf_counter()
         record["seconds"] = {"setup": t1 - t0, "fit": t2 - t1, "test": t3 - t2, "forecasts": t4 - t3, "total": t4 - t0}
         write_atomic(self.out / f"fold_{i}.json", json.dumps(record, indent=1))
-        first = frame[frame["h"] == 1]
+
+        def mse(part, name):
+            return np.mean((part[name] - part["actual"]) ** 2)
+
+        base = next(b for b in ("har", "naive", "mean") if b in frame)
+        label = base.upper() if base == "har" else base
         line = f"fold {i}/{n} cutoff {fold.test_start} (test to {fold.test_end}, {record['epochs']} epochs): "
-        line += f"test MSE {np.mean((first['model'] - first['actual']) ** 2):.4g}"
-        for base in ("har", "naive", "mean"):
-            if base in first:
-                line += f" vs {base.upper() if base == 'har' else base} {np.mean((first[base] - first['actual']) ** 2):.4g}"
-                break
+        line += f"test MSE {mse(frame, 'model'):.4g} vs {label} {mse(frame, base):.4g}"
+        earlier = [self.out / f"fold_{f.index}.csv" for f in self.folds if f.index != i]
+        earlier = [pd.read_csv(path) for path in earlier if path.with_suffix(".json").is_file()]
+        if earlier:
+            pooled = pd.concat([frame, *earlier])
+            line += f"; pooled over {len(earlier) + 1} folds {mse(pooled, 'model'):.4g} vs {mse(pooled, base):.4g}"
         print(line, flush=True)
         return record
 
@@ -230,9 +237,7 @@ class Backtest:
         records = [self.done(f.index) for f in self.folds]
         missing = [f.index for f, r in zip(self.folds, records, strict=True) if r is None]
         if missing:
-            raise ForecastingError(
-                f"{self.out}: folds {missing} are not finished; run them (--fold i) before --merge"
-            )
+            raise ForecastingError(f"{self.out}: folds {missing} are not finished; run them (--fold i) before --merge")
         problems = [p for r in records for p in leaks(r)]
         if problems:
             raise ForecastingError("leakage, refusing to report: " + "; ".join(problems))
@@ -240,9 +245,8 @@ class Backtest:
         frame.to_csv(self.out / "forecasts.csv", index=False)
         kind = records[0]["target_kind"]
         names = [c for c in ("model", "naive", "mean", "har") if c in frame]
-        per_fold = pd.concat(
-            {r["fold"]: table(frame[frame["fold"] == r["fold"]], names, kind) for r in records}, names=["fold", "forecast"]
-        )
+        by_fold = {r["fold"]: table(frame[frame["fold"] == r["fold"]], names, kind) for r in records}
+        per_fold = pd.concat(by_fold, names=["fold", "forecast"])
         pooled = table(frame, names, kind)
         dm = dm_table(frame, names, kind, self.dm_lags)
         per_fold.to_csv(self.out / "folds.csv")
@@ -344,7 +348,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         description="Walk-forward backtest: a fresh fit per fold, pooled tables and Diebold-Mariano tests.",
         epilog="Every other argument (--config, --trainer.max_epochs 10, ...) is passed to each fold's fit.",
     )
-    parser.add_argument("--folds", type=int, help="number of test periods (default 4, or up to the data's end with --start)")
+    parser.add_argument("--folds", type=int, help="test periods (default 4; with --start: up to the data's end)")
     parser.add_argument("--test_period", default="1y", help="length of each fold's test period: 1y, 6m, 13w, 90d")
     parser.add_argument("--val_period", help="validation span before each cutoff (default: --test_period)")
     parser.add_argument("--scheme", default="expanding", choices=["expanding", "sliding"])
@@ -371,7 +375,9 @@ def main(argv: list[str], build) -> Backtest:
                  options.scheme, options.train_period, options.start)  # fmt: skip
     logger = cli.trainer.logger
     if options.out is None and (logger is None or not getattr(logger, "save_dir", None)):
-        raise ForecastingError("backtest: the config has no logger folder (trainer.logger.init_args.save_dir); pass --out")
+        raise ForecastingError(
+            "backtest: no logger folder in the config (trainer.logger.init_args.save_dir); pass --out"
+        )
     out = Path(options.out) if options.out else Path(logger.save_dir) / (logger.name or "") / "backtest"
     if options.fold is not None and not 0 <= options.fold < len(folds):
         raise ForecastingError(f"--fold {options.fold}: the plan has folds 0 to {len(folds) - 1}")

@@ -1,6 +1,6 @@
-"""Command line: python -m forecasting fit|validate|test|predict|lr_find|diagnose|backtest --config configs/<example>.yaml
+"""Command line: python -m forecasting fit|validate|test|predict|lr_find|diagnose --config configs/<example>.yaml
 
-A LightningCLI that
+A LightningCLI (and `backtest`, many fits: backtest.py) that
 - links the data module's sizes (number of features, horizon) into the model,
   so a config never states them twice;
 - always adds the callbacks every run wants, each configurable under its own key

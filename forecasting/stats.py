@@ -55,7 +55,8 @@ def diebold_mariano(d: np.ndarray, horizon: int = 1, lags: int | None = None) ->
     lags = newey_west_lags(n, horizon) if lags is None else lags
     lrv = long_run_variance(d, lags)
     if lrv <= 0:  # identical forecasts: no evidence either way
-        return {"n": n, "mean_d": float(d.mean()), "dm": 0.0, "hln": 0.0, "lags": lags, "p_less": 0.5, "p_two_sided": 1.0}
+        return {"n": n, "mean_d": float(d.mean()), "dm": 0.0, "hln": 0.0, "lags": lags,
+                "p_less": 0.5, "p_two_sided": 1.0}  # fmt: skip
     dm = d.mean() / math.sqrt(lrv / n)
     h = horizon
     hln = dm * math.sqrt((n + 1 - 2 * h + h * (h - 1) / n) / n)

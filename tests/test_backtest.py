@@ -104,7 +104,7 @@ def log_ar1_prices(n_days: int = 700, tickers=("AAA", "BBB"), phi: float = 0.97,
     return pd.concat(frames, ignore_index=True)
 
 
-def random_walk_prices(n_days: int = 500, tickers=("AAA", "BBB"), seed: int = 0) -> pd.DataFrame:
+def random_walk_prices(n_days: int = 300, tickers=("AAA", "BBB"), seed: int = 0) -> pd.DataFrame:
     """A column `level` that is a Gaussian random walk: "same as yesterday" is the best forecast there is."""
     rng = np.random.default_rng(seed)
     dates = pd.bdate_range("2020-01-01", periods=n_days).strftime("%Y-%m-%d")
@@ -140,8 +140,8 @@ def dm_row(out, base, loss="mse"):
 def test_ar1_log_variance_model_beats_the_mean_with_fresh_leak_free_folds(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["forecasting"])
     csv = tmp_path / "ar1.csv"
-    log_ar1_prices().to_csv(csv, index=False)
-    out = run_backtest(tmp_path, csv)
+    log_ar1_prices(n_days=450).to_csv(csv, index=False)
+    out = run_backtest(tmp_path, csv, epochs=2, period="3m")
     printed = capsys.readouterr().out
     assert "fold 0/2 cutoff" in printed and "fold 1/2 cutoff" in printed and "Diebold-Mariano" in printed
     row = dm_row(out, "mean")
@@ -173,7 +173,8 @@ def test_random_walk_no_significant_skill_against_naive(tmp_path, monkeypatch):
     for seed in range(3):
         csv = tmp_path / f"rw{seed}.csv"
         random_walk_prices(seed=seed).to_csv(csv, index=False)
-        out = run_backtest(tmp_path, csv, "--seed_everything", str(seed), out=f"rw{seed}", data=data)
+        out = run_backtest(tmp_path, csv, "--seed_everything", str(seed), out=f"rw{seed}", data=data,
+                           epochs=2, folds="1", period="3m")  # fmt: skip
         row = dm_row(out, "naive")
         assert row["p_less"] > 0.05, (seed, row)
 
@@ -182,8 +183,8 @@ def test_random_walk_no_significant_skill_against_naive(tmp_path, monkeypatch):
 def test_resumed_and_fold_by_fold_backtests_equal_the_uninterrupted_one(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["forecasting"])
     csv = tmp_path / "ar1.csv"
-    log_ar1_prices(n_days=500).to_csv(csv, index=False)
-    whole = pd.read_csv(run_backtest(tmp_path, csv, out="whole", epochs=2) / "forecasts.csv")
+    log_ar1_prices(n_days=300).to_csv(csv, index=False)
+    whole = pd.read_csv(run_backtest(tmp_path, csv, out="whole", epochs=1, period="2m") / "forecasts.csv")
 
     # Killed during fold 1 (after its log folder was started): the rerun skips fold 0 and redoes fold 1.
     from forecasting.trainer import ForecastingTrainer
@@ -200,24 +201,25 @@ def test_resumed_and_fold_by_fold_backtests_equal_the_uninterrupted_one(tmp_path
 
     monkeypatch.setattr(ForecastingTrainer, "fit", killed_on_second_fit)
     with pytest.raises(KeyboardInterrupt):
-        run_backtest(tmp_path, csv, out="killed", epochs=2)
+        run_backtest(tmp_path, csv, out="killed", epochs=1, period="2m")
     assert (tmp_path / "killed" / "fold_0.json").is_file() and not (tmp_path / "killed" / "fold_1.json").exists()
     monkeypatch.setattr(ForecastingTrainer, "fit", fit)
     capsys.readouterr()
-    resumed = pd.read_csv(run_backtest(tmp_path, csv, out="killed", epochs=2) / "forecasts.csv")
+    resumed = pd.read_csv(run_backtest(tmp_path, csv, out="killed", epochs=1, period="2m") / "forecasts.csv")
     assert "fold 0/2: finished earlier" in capsys.readouterr().out
     assert not (tmp_path / "killed" / "fold_1" / "partial").exists()
     pd.testing.assert_frame_equal(resumed, whole)
 
     # A job array: folds in any order, then --merge.
     for i in ("1", "0"):
-        run_backtest(tmp_path, csv, "--fold", i, out="array", epochs=2)
+        run_backtest(tmp_path, csv, "--fold", i, out="array", epochs=1, period="2m")
     assert not (tmp_path / "array" / "forecasts.csv").exists()
-    merged = pd.read_csv(run_backtest(tmp_path, csv, "--merge", out="array", epochs=2) / "forecasts.csv")
+    merged = pd.read_csv(run_backtest(tmp_path, csv, "--merge", out="array", epochs=1, period="2m") / "forecasts.csv")
     pd.testing.assert_frame_equal(merged, whole)
     assert (tmp_path / "array" / "dm.csv").read_text() == (tmp_path / "whole" / "dm.csv").read_text()
 
 
+@pytest.mark.slow
 def test_merge_refuses_missing_folds_and_leaky_ones(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["forecasting"])
     csv = tmp_path / "ar1.csv"

@@ -306,7 +306,8 @@ class PriceDataModule(ForecastData):
         # in the checkpoint and the hparams). Splits add their target days in dataset().
         stats["ranges"] = {"scaler": [str(d.date()) for d in (train["time"].min(), train["time"].max())]}
         if in_train.any():  # the target days the baselines (training mean, HAR) were fitted on
-            stats["ranges"]["baselines"] = [str(pd.Timestamp(d).date()) for d in (first[in_train].min(), last[in_train].max())]
+            days = (first[in_train].min(), last[in_train].max())
+            stats["ranges"]["baselines"] = [str(pd.Timestamp(d).date()) for d in days]
         return stats
 
     # ---------------------------------------------------------------- tensors
