@@ -174,7 +174,7 @@ def test_random_walk_no_significant_skill_against_naive(tmp_path, monkeypatch):
         csv = tmp_path / f"rw{seed}.csv"
         random_walk_prices(seed=seed).to_csv(csv, index=False)
         out = run_backtest(tmp_path, csv, "--seed_everything", str(seed), out=f"rw{seed}", data=data,
-                           epochs=2, folds="1", period="3m")  # fmt: skip
+                           epochs=1, folds="1", period="3m")  # fmt: skip
         row = dm_row(out, "naive")
         assert row["p_less"] > 0.05, (seed, row)
 
@@ -218,26 +218,22 @@ def test_resumed_and_fold_by_fold_backtests_equal_the_uninterrupted_one(tmp_path
     pd.testing.assert_frame_equal(merged, whole)
     assert (tmp_path / "array" / "dm.csv").read_text() == (tmp_path / "whole" / "dm.csv").read_text()
 
-
-@pytest.mark.slow
-def test_merge_refuses_missing_folds_and_leaky_ones(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("sys.argv", ["forecasting"])
-    csv = tmp_path / "ar1.csv"
-    log_ar1_prices(n_days=300).to_csv(csv, index=False)
+    # Refusals, in one line each: a fold missing, a fold whose scaler saw a test day, other arguments.
+    (tmp_path / "array" / "fold_0.json").rename(tmp_path / "fold_0.json")
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
-        run_backtest(tmp_path, csv, "--merge", epochs=1, period="2m")
+        run_backtest(tmp_path, csv, "--merge", out="array", epochs=1, period="2m")
     assert exit_.value.code == 2
-    assert "folds [0, 1] are not finished" in capsys.readouterr().err
-    out = run_backtest(tmp_path, csv, "--fold", "0", epochs=1, period="2m")
-    run_backtest(tmp_path, csv, "--fold", "1", epochs=1, period="2m")
-    path = out / "fold_1.json"
-    record = json.loads(path.read_text())
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("error: ") and "folds [0] are not finished; run them (--fold i)" in last, last
+    (tmp_path / "fold_0.json").rename(tmp_path / "array" / "fold_0.json")
+    record = json.loads((tmp_path / "array" / "fold_1.json").read_text())
     record["ranges"]["scaler"][1] = record["test_start"]  # as if the scaler had seen a test day
-    path.write_text(json.dumps(record))
+    (tmp_path / "array" / "fold_1.json").write_text(json.dumps(record))
     with pytest.raises(SystemExit):
-        run_backtest(tmp_path, csv, "--merge", epochs=1, period="2m")
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "leakage, refusing to report: fold 1: its scaler saw days up to" in err
-    with pytest.raises(SystemExit):  # other settings than the finished folds were made with
-        run_backtest(tmp_path, csv, "--merge", epochs=2, period="2m")
-    assert "made by a backtest with other arguments" in capsys.readouterr().err
+        run_backtest(tmp_path, csv, "--merge", out="array", epochs=1, period="2m")
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("error: leakage, refusing to report: fold 1: its scaler saw days up to"), last
+    with pytest.raises(SystemExit):
+        run_backtest(tmp_path, csv, "--merge", out="array", epochs=2, period="2m")
+    assert "made by a backtest with other arguments" in capsys.readouterr().err.splitlines()[-1]
