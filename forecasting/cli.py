@@ -1,6 +1,6 @@
 """Command line: python -m forecasting fit|validate|test|predict|lr_find|diagnose --config configs/<example>.yaml
 
-A LightningCLI that
+A LightningCLI (and `backtest`, many fits: backtest.py) that
 - links the data module's sizes (number of features, horizon) into the model,
   so a config never states them twice;
 - always adds the callbacks every run wants, each configurable under its own key
@@ -139,6 +139,11 @@ def check_clipping(config) -> None:
 
 def main(args: list[str] | None = None, run: bool = True) -> ForecastingCLI:
     """Entry point; `run=False` only builds the model, data module and trainer (tests)."""
+    if run and (sys.argv[1:] if args is None else args)[:1] == ["backtest"]:
+        # Many fits, each built from the parsed config (backtest.py), not one Trainer method.
+        from forecasting import backtest
+
+        return backtest.run(sys.argv[2:] if args is None else args[1:], build=lambda fold: main(fold, run=False))
     try:
         return ForecastingCLI(
             Forecaster,

@@ -95,6 +95,8 @@ class PriceDataModule(ForecastData):
         num_workers: int = 0,
         dense_targets: bool = False,
         predict_path: str | None = None,
+        train_start: str | None = None,  # null: train on everything before val_start (backtest.py sets these two)
+        test_end: str | None = None,  # null: test on everything from test_start on
     ):
         super().__init__()
         features = list(features)
@@ -133,6 +135,8 @@ class PriceDataModule(ForecastData):
         self.scaler, self.scale_per_ticker = scaler, scale_per_ticker
         self.batch_size, self.num_workers, self.dense_targets = batch_size, num_workers, dense_targets
         self.predict_path = predict_path
+        self.train_start = None if train_start is None else pd.Timestamp(train_start)
+        self.test_end = None if test_end is None else pd.Timestamp(test_end)
         self.stats: dict | None = None  # fitted scaler; restored from a checkpoint by load_state_dict
         self.frames: dict[str, pd.DataFrame] = {}  # "fit" / "predict": validated rows with features
         self._datasets: dict[str, WindowDataset] = {}
@@ -258,7 +262,10 @@ class PriceDataModule(ForecastData):
 
     def scaler_rows(self, frame: pd.DataFrame, val: pd.Timestamp) -> pd.DataFrame:
         """The rows the scaler learns from: every row before the validation start, no later one."""
-        return frame[frame["time"] < val]
+        keep = frame["time"] < val
+        if self.train_start is not None:
+            keep &= frame["time"] >= self.train_start
+        return frame[keep]
 
     def audit(self) -> None:
         """Leakage audit: refuse a scaler that saw a validation or test target's day."""
@@ -290,11 +297,17 @@ class PriceDataModule(ForecastData):
         )  # fmt: skip
         series, ticker = frame[f"f:{self.target}"].to_numpy(), frame["ticker"].to_numpy()
         targets = future(series, pd.factorize(ticker)[0], self.horizon)
-        in_train = (self.target_times(frame)[1] < np.datetime64(val)) & np.isfinite(targets).all(1)
+        first, last = self.target_times(frame)
+        in_train = (last < np.datetime64(val)) & np.isfinite(targets).all(1)
+        if self.train_start is not None:
+            in_train &= first >= np.datetime64(self.train_start)
         stats["baselines"] = baselines.fit(series, ticker, targets, in_train, self.target)
         # Leakage audit trail: first and last day each part of the pipeline covers (plain strings,
         # in the checkpoint and the hparams). Splits add their target days in dataset().
         stats["ranges"] = {"scaler": [str(d.date()) for d in (train["time"].min(), train["time"].max())]}
+        if in_train.any():  # the target days the baselines (training mean, HAR) were fitted on
+            days = (first[in_train].min(), last[in_train].max())
+            stats["ranges"]["baselines"] = [str(pd.Timestamp(d).date()) for d in days]
         return stats
 
     # ---------------------------------------------------------------- tensors
@@ -357,7 +370,8 @@ class PriceDataModule(ForecastData):
         x, y, t_loc, t_scale, base, ends, (first, last) = self._tensors[which]
         if stage != "predict":
             val, test = (np.datetime64(pd.Timestamp(d)) for d in (self.stats["val_start"], self.stats["test_start"]))
-            lo, hi = {"train": (None, val), "val": (val, test), "test": (test, None)}[stage]
+            start, end = (None if d is None else np.datetime64(d) for d in (self.train_start, self.test_end))
+            lo, hi = {"train": (start, val), "val": (val, test), "test": (test, end)}[stage]
             keep = ~np.isnat(last) & ~np.isnan(y.numpy()).any(1)
             if lo is not None:
                 keep &= first >= lo
