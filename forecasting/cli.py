@@ -1,4 +1,4 @@
-"""Command line: python -m forecasting fit|validate|test|predict|lr_find|diagnose --config configs/<example>.yaml
+"""Command line: python -m forecasting fit|validate|test|predict|lr_find|diagnose|tune --config configs/<example>.yaml
 
 A LightningCLI that
 - links the data module's sizes (number of features, horizon) into the model,
@@ -137,18 +137,30 @@ def check_clipping(config) -> None:
         )
 
 
+def build(args: list[str] | None = None, run: bool = True, cli_class=ForecastingCLI, **kwargs) -> ForecastingCLI:
+    """The CLI without main()'s error handling: a ForecastingError propagates (tune.py runs trials with it)."""
+    return cli_class(
+        Forecaster,
+        L.LightningDataModule,  # any data module: configs pick one by class_path
+        subclass_mode_data=True,
+        trainer_class=ForecastingTrainer,
+        save_config_kwargs={"overwrite": True},  # re-running into the same version dir is fine
+        args=args,
+        run=run,
+        **kwargs,
+    )
+
+
 def main(args: list[str] | None = None, run: bool = True) -> ForecastingCLI:
-    """Entry point; `run=False` only builds the model, data module and trainer (tests)."""
+    """Entry point; `run=False` only builds the model, data module and trainer (tests).
+    `tune` is not a Trainer method but a search over many `fit` runs: forecasting/tune.py."""
     try:
-        return ForecastingCLI(
-            Forecaster,
-            L.LightningDataModule,  # any data module: configs pick one by class_path
-            subclass_mode_data=True,
-            trainer_class=ForecastingTrainer,
-            save_config_kwargs={"overwrite": True},  # re-running into the same version dir is fine
-            args=args,
-            run=run,
-        )
+        argv = sys.argv[1:] if args is None else args
+        if argv and argv[0] == "tune":
+            from forecasting.tune import tune  # imports this module: import on use
+
+            return tune(argv[1:])
+        return build(args, run)
     except ForecastingError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
