@@ -558,7 +558,10 @@ def base_point(search: Search, config) -> tuple[dict, list[str]]:
 
 def tune(argv: list[str]) -> "object":
     """Run or continue a study; print and write the summary. Returns the Optuna study."""
-    import optuna
+    try:
+        import optuna
+    except ImportError:
+        raise ForecastingError("tune needs Optuna: pip install -e '.[tune]' (or pip install optuna)") from None
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
     options, fit_args = arguments(argv)
