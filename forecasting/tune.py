@@ -196,6 +196,7 @@ class TrialRecorder(Callback):
         self.at_best: dict[str, float] = {}
         self.pruned_at: int | None = None
         self.nonfinite_at: int | None = None
+        self.validations = 0
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking or self.metric not in trainer.callback_metrics:
@@ -207,7 +208,10 @@ class TrialRecorder(Callback):
         if self.best is None or (value > self.best if self.maximize else value < self.best):
             self.best = value
             self.at_best = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and v.numel() == 1}
-        self.trial.report(value, trainer.global_step)
+        # Step = how many validations so far: comparable across trials whose windows (so batches
+        # per epoch) differ, which the pruner needs (it compares trials at the same step).
+        self.validations += 1
+        self.trial.report(value, self.validations)
         if self.prune and self.trial.should_prune():
             self.pruned_at, trainer.should_stop = trainer.global_step, True
 
@@ -287,7 +291,9 @@ class Search:
             stopped = re.match(r"training stopped at global_step (\d+)", str(err))  # NonFiniteGuard's message
             cause = f"non-finite at step {stopped[1]}" if stopped else f"error: {str(err)[:200]}"
             trial.set_user_attr("error", str(err))
-        except (Exception, SystemExit) as err:  # a bug or a resource limit: the search goes on
+        except SystemExit:  # Lightning's answer to Ctrl-C (after a graceful shutdown): stop the search
+            raise
+        except Exception as err:  # a bug or a resource limit: the search goes on
             cause = f"error: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
             trial.set_user_attr("error", f"{type(err).__name__}: {err}")
         if cli is not None:

@@ -37,11 +37,15 @@ def search(tmp_path, monkeypatch):
     monkeypatch.setattr("sys.argv", ["forecasting"])
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(SPACE))
+    # The diagnostics tune reads, without the figures and histograms that cost most of a tiny run.
+    callbacks = tmp_path / "callbacks.yaml"
+    names = ["nonfinite_guard.NonFiniteGuard", "grad_norms.GradientNorms", "grad_flow.GradientFlow"]
+    callbacks.write_text(yaml.safe_dump({"trainer": {"callbacks": [{"class_path": f"forecasting.callbacks.{n}"} for n in names]}}))
 
     def args(*extra: str, space_path=space) -> list[str]:
         return [
             "--config", str(ROOT / "configs/adding.yaml"), "--config", str(ROOT / "configs/debug.yaml"),
-            "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), *SMALL,
+            "--config", str(callbacks), "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), *SMALL,
             "--tune.space", str(space_path), *extra,
         ]  # fmt: skip
 
