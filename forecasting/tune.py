@@ -100,7 +100,9 @@ def read_space(path: str) -> list[Param]:
     except yaml.YAMLError as err:
         raise ForecastingError(f"--tune.space {path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(raw, dict) or not raw:
-        raise ForecastingError(f"{path}: expected a mapping of config keys to ranges, e.g. model.hidden_size: {{int: [16, 128]}}")
+        raise ForecastingError(
+            f"{path}: expected a mapping of config keys to ranges, e.g. model.hidden_size: {{int: [16, 128]}}"
+        )
     params = []
     for key, spec in raw.items():
         kinds = [k for k in ("float", "int", "choice") if isinstance(spec, dict) and k in spec]
@@ -117,7 +119,7 @@ def read_space(path: str) -> list[Param]:
             ok = len(values) == 2 and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
             if not ok or values[0] >= values[1] or (spec.get("log") and values[0] <= 0):
                 raise ForecastingError(
-                    f"{path}: {key}: {kind} takes [low, high] with low < high (and low > 0 with log: true), got {values}"
+                    f"{path}: {key}: {kind} takes [low, high] with low < high (low > 0 with log: true), got {values}"
                 )
             if kind == "int" and not all(isinstance(v, int) for v in values):
                 raise ForecastingError(f"{path}: {key}: int takes integer bounds, got {values}")
@@ -176,7 +178,11 @@ def validate_space(parser, fit_args: list[str], params: list[Param], space_path:
     config = parse(parser, fit_args, "the base config")
     for param in params:
         for value in param.samples():
-            parse(parser, fit_args + [f"--{param.key}", as_arg(value)], f"{space_path}: {param.key} (value {as_arg(value)})")
+            parse(
+                parser,
+                fit_args + [f"--{param.key}", as_arg(value)],
+                f"{space_path}: {param.key} (value {as_arg(value)})",
+            )
     return config
 
 
@@ -207,7 +213,9 @@ class TrialRecorder(Callback):
             return
         if self.best is None or (value > self.best if self.maximize else value < self.best):
             self.best = value
-            self.at_best = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and v.numel() == 1}
+            self.at_best = {
+                k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and v.numel() == 1
+            }
         # Step = how many validations so far: comparable across trials whose windows (so batches
         # per epoch) differ, which the pruner needs (it compares trials at the same step).
         self.validations += 1
@@ -275,7 +283,6 @@ class Search:
     extra: list[str]  # overrides every trial needs (devices, checkpoint monitor)
 
     def objective(self, trial):
-        import optuna
 
         params = {p.key: p.suggest(trial) for p in self.params}
         version = f"trial_{trial.number:03d}"
@@ -416,7 +423,11 @@ def top_table(study, params: list[Param], metric: str, n: int) -> str:
     names = short_names([p.key for p in params])
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     done.sort(key=lambda t: t.value, reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)
-    extra = [k for k in ("val/skill_vs_naive", "val/skill_vs_har", "grad_norm/clip_fraction") if any(k in t.user_attrs for t in done)]
+    extra = [
+        k
+        for k in ("val/skill_vs_naive", "val/skill_vs_har", "grad_norm/clip_fraction")
+        if any(k in t.user_attrs for t in done)
+    ]
     header = ["trial", metric, *[names[p.key] for p in params], *[k.split("/")[-1] for k in extra], "note"]
     rows = [
         [t.number, t.value, *[p.decode(t.params.get(p.key)) for p in params],
@@ -482,7 +493,11 @@ def score_on_test(search: Search, study, best) -> str:
     args = search.fit_args + search.extra + overrides(params) + ["--ckpt_path", checkpoint]
     args += ["--trainer.logger.init_args.name", search.log_name, "--trainer.logger.init_args.version", version]
     cli = build(["test", *args], cli_class=_TrialCLI)
-    metrics = {k: round(float(v), 6) for k, v in cli.trainer.callback_metrics.items() if k.startswith("test/") and v.numel() == 1}
+    metrics = {
+        k: round(float(v), 6)
+        for k, v in cli.trainer.callback_metrics.items()
+        if k.startswith("test/") and v.numel() == 1
+    }
     looks = done.get("looks", 0) + 1
     study.set_user_attr("test", {"trial": best.number, "metrics": metrics, "looks": looks})
     note = "" if looks == 1 else f" (the test split has now been scored {looks} times, once per new best trial)"
@@ -496,8 +511,12 @@ def arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         description="Optuna search over config keys; other arguments (--config, overrides) are those of `fit`.",
     )
     parser.add_argument("--tune.space", dest="space", required=True, help="YAML: dotted config key -> range")
-    parser.add_argument("--tune.trials", dest="trials", type=int, default=20, help="finished trials the study should have")
-    parser.add_argument("--tune.storage", dest="storage", help="Optuna storage URL (default: sqlite file next to the trials)")
+    parser.add_argument(
+        "--tune.trials", dest="trials", type=int, default=20, help="finished trials the study should have"
+    )
+    parser.add_argument(
+        "--tune.storage", dest="storage", help="Optuna storage URL (default: sqlite file next to the trials)"
+    )
     parser.add_argument("--tune.study", dest="study", help="study name (default: the logger's name)")
     parser.add_argument("--tune.metric", dest="metric", default="val/loss", help="validation metric to optimise")
     parser.add_argument("--tune.direction", dest="direction", choices=["auto", "minimize", "maximize"], default="auto",
@@ -525,7 +544,9 @@ def setup(options, fit_args: list[str]) -> tuple[Search, object]:
     config = validate_space(parser, fit_args, params, options.space)
     logger = plain(config.trainer.get("logger"))
     if not (isinstance(logger, dict) and str(logger.get("class_path", "")).endswith("TensorBoardLogger")):
-        raise ForecastingError("trainer.logger: tune needs a TensorBoardLogger (each trial's diagnostics are read from it)")
+        raise ForecastingError(
+            "trainer.logger: tune needs a TensorBoardLogger (each trial's diagnostics are read from it)"
+        )
     init = logger.get("init_args") or {}
     name = init.get("name") or "lightning_logs"
     study = options.study or name.replace("/", "_")
@@ -545,7 +566,9 @@ def setup(options, fit_args: list[str]) -> tuple[Search, object]:
     )
     if plain(config.get("checkpoint", {})).get("monitor") != options.metric:  # the checkpoint scored on test
         extra += ["--checkpoint.monitor", options.metric, "--checkpoint.mode", "max" if maximize else "min"]
-    search = Search(parser, fit_args, params, study_dir, log_name, options.metric, maximize, options.pruner == "median", extra)
+    search = Search(
+        parser, fit_args, params, study_dir, log_name, options.metric, maximize, options.pruner == "median", extra
+    )
     return search, config
 
 
@@ -590,7 +613,10 @@ def tune(argv: list[str]) -> "object":
     if start:
         study.enqueue_trial(start, user_attrs={"start": True}, skip_if_exists=True)
         if outside:
-            print(f"tune: the base config's {', '.join(outside)} lie outside the space: the sampler picks them", flush=True)
+            print(
+                f"tune: the base config's {', '.join(outside)} lie outside the space: the sampler picks them",
+                flush=True,
+            )
     print(f"tune: study {study.study_name!r} has {finished} finished trials; running until it has {options.trials} "
           f"(storage: {options.storage or search.study_dir / 'study.db'})", flush=True)  # fmt: skip
     search.run(study, options.trials, finished_states)
@@ -624,4 +650,3 @@ def summary(search: Search, study, options) -> str:
     text = "\n\n".join(parts)
     (search.study_dir / "summary.txt").write_text(text + "\n")
     return text
-

@@ -11,14 +11,13 @@ import yaml
 
 from forecasting.cli import main
 from forecasting.tune import tune
-
 from tests.conftest import ROOT
 
 LR = "model.optimizer.init_args.lr"
 SPACE = {
     LR: {"float": [1.0e-5, 100.0], "log": True},
     "model.gradient_clip_val": {"choice": [None, 1.0]},
-    "model.hidden_size": {"int": [4, 8]},
+    "data.init_args.batch_size": {"choice": [16, 32]},
 }
 # SGD, not the config's Adam: Adam's step is about lr whatever the gradient, so only SGD with a huge
 # lr and no clipping reliably blows up within a few steps. The base lr 1e-5 is the deliberately bad start.
@@ -27,7 +26,7 @@ SMALL = [
     "--data.init_args.seq_len", "10", "--data.init_args.batch_size", "32",
     "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "8", "--trainer.val_check_interval", "1.0",
     "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-    "--model.optimizer.class_path", "torch.optim.SGD", f"--{LR}", "1e-5", "--model.hidden_size", "8",
+    "--model.optimizer.class_path", "torch.optim.SGD", f"--{LR}", "1e-5", "--model.net.init_args.hidden_sizes", "8",
 ]  # fmt: skip
 
 
@@ -40,7 +39,9 @@ def search(tmp_path, monkeypatch):
     # The diagnostics tune reads, without the figures and histograms that cost most of a tiny run.
     callbacks = tmp_path / "callbacks.yaml"
     names = ["nonfinite_guard.NonFiniteGuard", "grad_norms.GradientNorms", "grad_flow.GradientFlow"]
-    callbacks.write_text(yaml.safe_dump({"trainer": {"callbacks": [{"class_path": f"forecasting.callbacks.{n}"} for n in names]}}))
+    callbacks.write_text(
+        yaml.safe_dump({"trainer": {"callbacks": [{"class_path": f"forecasting.callbacks.{n}"} for n in names]}})
+    )
 
     def args(*extra: str, space_path=space) -> list[str]:
         return [
@@ -58,7 +59,7 @@ def test_search_beats_a_bad_start_explains_a_divergence_and_writes_a_config_fit_
     study_dir.mkdir(parents=True)
     storage = f"sqlite:///{study_dir / 'study.db'}"
     forced = optuna.create_study(storage=storage, study_name="adding")
-    forced.enqueue_trial({LR: 100.0, "model.gradient_clip_val": None, "model.hidden_size": 4})
+    forced.enqueue_trial({LR: 100.0, "model.gradient_clip_val": None, "data.init_args.batch_size": 32})
     study = tune(args("--tune.trials", "6", "--tune.seed", "0"))
     out = capsys.readouterr().out
     trials = study.trials
@@ -74,7 +75,13 @@ def test_search_beats_a_bad_start_explains_a_divergence_and_writes_a_config_fit_
     assert start.params[LR] == pytest.approx(1e-5)
     best = study.best_trial
     assert best.value < 0.5 * start.value, (best.value, start.value)
-    for key in ("val/loss", "val/skill_vs_mean", "val/pred_std_ratio", "grad_norm/clip_fraction", "grad_flow/first_to_last"):
+    for key in (
+        "val/loss",
+        "val/skill_vs_mean",
+        "val/pred_std_ratio",
+        "grad_norm/clip_fraction",
+        "grad_flow/first_to_last",
+    ):
         assert key in best.user_attrs, key
     assert best.user_attrs["val/loss"] == pytest.approx(best.value)
 
@@ -87,7 +94,7 @@ def test_search_beats_a_bad_start_explains_a_divergence_and_writes_a_config_fit_
     # best.yaml as is: the same seed and values give the best trial's loss again (so nothing leaked between trials).
     refit = tmp_path / "refit"
     cli = main(["fit", "--config", str(study_dir / "best.yaml"), "--trainer.logger.init_args.save_dir", str(refit)])
-    assert cli.model.hparams.hidden_size == best.params["model.hidden_size"]
+    assert cli.datamodule.batch_size == best.params["data.init_args.batch_size"]
     assert cli.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(best.params[LR])
     assert float(cli.trainer.checkpoint_callback.best_model_score) == pytest.approx(best.value, rel=1e-5)
     assert (refit / "adding").is_dir()  # logs where the base config logs, not into a trial's folder
@@ -96,12 +103,12 @@ def test_search_beats_a_bad_start_explains_a_divergence_and_writes_a_config_fit_
 def test_unknown_space_key_is_one_line_before_any_trial(search, tmp_path, capsys):
     args, study_dir = search
     space = tmp_path / "bad_space.yaml"
-    space.write_text(yaml.safe_dump({**SPACE, "model.hiden_size": {"int": [4, 8]}}))
+    space.write_text(yaml.safe_dump({**SPACE, "model.net.init_args.hiden_sizes": {"int": [4, 8]}}))
     with pytest.raises(SystemExit) as exit_:
         main(["tune", *args("--tune.trials", "2", space_path=space)])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "model.hiden_size" in err and "not a config key" in err, err
+    assert len(err.splitlines()) == 1 and "model.net.init_args.hiden_sizes" in err and "not a config key" in err, err
     assert not (tmp_path / "logs").exists()  # no study, no trial folder
 
 
@@ -123,7 +130,10 @@ def test_continue_after_a_stop_and_two_processes_share_one_sqlite_file(search, t
     # Continue to 6 with two processes at once on the same SQLite file.
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "forecasting", "tune", *args("--tune.trials", "6", "--tune.test", "false")]
-    workers = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    workers = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
     study = optuna.load_study(study_name="adding", storage=f"sqlite:///{study_dir / 'study.db'}")
