@@ -282,8 +282,8 @@ class Search:
     prune: bool
     extra: list[str]  # overrides every trial needs (devices, checkpoint monitor)
 
-    def objective(self, trial):
-
+    def objective(self, trial) -> tuple[float | None, str | None]:
+        """One `fit`; returns its best metric and its failure cause (None: none)."""
         params = {p.key: p.suggest(trial) for p in self.params}
         version = f"trial_{trial.number:03d}"
         args = self.fit_args + self.extra + overrides(params)
@@ -312,13 +312,15 @@ class Search:
         gc.collect()  # the model, data and trainer of this trial go before the next one is built
         for key, value in {**recorder.at_best, **read_events(str(self.study_dir / version))}.items():
             trial.set_user_attr(key, value)
-        if recorder.nonfinite_at is not None:
+        if cause is not None:
+            pass  # the exception says most: a diverged or broken run
+        elif recorder.nonfinite_at is not None:
             cause = f"non-finite {self.metric} at step {recorder.nonfinite_at}"
         elif recorder.pruned_at is not None:
             cause = f"pruned at step {recorder.pruned_at}"
-        elif cause is None and recorder.best is None:
+        elif recorder.best is None:
             cause = f"no result: {self.metric} was never logged (is there a validation split?)"
-        elif cause is None:
+        else:
             cause = diagnose_completed(recorder.at_best)
         if cause is not None:
             trial.set_user_attr("failure", cause)
