@@ -88,7 +88,7 @@ class Param:
         return json.dumps(value) if self.encoded else value
 
     def decode(self, stored):
-        return json.loads(stored) if self.encoded else stored
+        return json.loads(stored) if self.encoded and stored is not None else stored
 
 
 def read_space(path: str) -> list[Param]:
@@ -486,7 +486,10 @@ def score_on_test(search: Search, study, best) -> str:
     """`test` with the best trial's best checkpoint: once per best trial (the score is kept in the study)."""
     done = study.user_attrs.get("test", {})
     if done.get("trial") == best.number:
-        return f"TEST (scored once when trial {best.number} became the best; never used to choose): {done['metrics']}"
+        return (
+            f"TEST (scored once, when trial {best.number} became the best; never used to choose; "
+            f"stored in the study, not scored again): {test_line(done['metrics'])}"
+        )
     checkpoint = best.user_attrs.get("checkpoint")
     if not checkpoint or not Path(checkpoint).is_file():
         return f"TEST: not scored (trial {best.number} left no checkpoint)"
@@ -503,7 +506,15 @@ def score_on_test(search: Search, study, best) -> str:
     looks = done.get("looks", 0) + 1
     study.set_user_attr("test", {"trial": best.number, "metrics": metrics, "looks": looks})
     note = "" if looks == 1 else f" (the test split has now been scored {looks} times, once per new best trial)"
-    return f"TEST (scored once, after the search; never used to choose): trial {best.number}: {metrics}{note}"
+    return (
+        f"TEST (scored once, after the search; never used to choose): trial {best.number}: {test_line(metrics)}{note}"
+    )
+
+
+def test_line(metrics: dict[str, float]) -> str:
+    """The test loss and the model's metrics and skills (the baselines' own errors are in TensorBoard)."""
+    shown = {k: v for k, v in metrics.items() if "baseline" not in k and not k.endswith(("mae", "rmse"))}
+    return ", ".join(f"{k} {v:.4g}" for k, v in shown.items())
 
 
 # ---------------------------------------------------------------------------- the command
