@@ -1,4 +1,4 @@
-"""Command line: python -m forecasting fit|validate|test|predict|lr_find|diagnose --config configs/<example>.yaml
+"""Command line: python -m forecasting fit|validate|test|predict|lr_find|diagnose|backtest|tune --config configs/<example>.yaml
 
 A LightningCLI (and `backtest`, many fits: backtest.py) that
 - links the data module's sizes (number of features, horizon) into the model,
@@ -137,23 +137,34 @@ def check_clipping(config) -> None:
         )
 
 
+def build(args: list[str] | None = None, run: bool = True, cli_class=ForecastingCLI, **kwargs) -> ForecastingCLI:
+    """The CLI without main()'s error handling: a ForecastingError propagates (tune.py runs trials with it)."""
+    return cli_class(
+        Forecaster,
+        L.LightningDataModule,  # any data module: configs pick one by class_path
+        subclass_mode_data=True,
+        trainer_class=ForecastingTrainer,
+        save_config_kwargs={"overwrite": True},  # re-running into the same version dir is fine
+        args=args,
+        run=run,
+        **kwargs,
+    )
+
+
 def main(args: list[str] | None = None, run: bool = True) -> ForecastingCLI:
-    """Entry point; `run=False` only builds the model, data module and trainer (tests)."""
+    """Entry point; `run=False` only builds the model, data module and trainer (tests).
+    `backtest` and `tune` are not Trainer methods but many `fit` runs: backtest.py, tune.py."""
     if run and (sys.argv[1:] if args is None else args)[:1] == ["backtest"]:
-        # Many fits, each built from the parsed config (backtest.py), not one Trainer method.
         from forecasting import backtest
 
         return backtest.run(sys.argv[2:] if args is None else args[1:], build=lambda fold: main(fold, run=False))
     try:
-        return ForecastingCLI(
-            Forecaster,
-            L.LightningDataModule,  # any data module: configs pick one by class_path
-            subclass_mode_data=True,
-            trainer_class=ForecastingTrainer,
-            save_config_kwargs={"overwrite": True},  # re-running into the same version dir is fine
-            args=args,
-            run=run,
-        )
+        argv = sys.argv[1:] if args is None else args
+        if argv and argv[0] == "tune":
+            from forecasting.tune import tune  # imports this module: import on use
+
+            return tune(argv[1:])
+        return build(args, run)
     except ForecastingError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
