@@ -113,8 +113,9 @@ def main(argv=None) -> None:
     windows = x.unfold(0, WINDOW, 1).transpose(1, 2)  # view: windows[s] = rows s..s+63
 
     def batches(ends, shuffle: bool, epoch: int):
-        order = torch.randperm(len(ends), generator=torch.Generator().manual_seed(args.seed + epoch)) if shuffle else None
-        ends = torch.from_numpy(ends)[order] if shuffle else torch.from_numpy(ends)
+        ends = torch.from_numpy(ends)
+        if shuffle:
+            ends = ends[torch.randperm(len(ends), generator=torch.Generator().manual_seed(args.seed + epoch))]
         for i in range(0, len(ends), 64):
             e = ends[i : i + 64]
             yield windows[e - (WINDOW - 1)], y[e]

@@ -44,7 +44,7 @@ BREAKDOWN = {
     "figures off (ForecastPlot, GradientFlow figure; scalars kept)": "figures",  # built in figure_args()
     "deterministic: false": ["--trainer.deterministic", "false"],
     "no last.ckpt (checkpoint.save_last false)": ["--checkpoint.save_last", "false"],
-    "no checkpoints (save_top_k 0, save_last false)": ["--checkpoint.save_top_k", "0", "--checkpoint.save_last", "false"],
+    "no checkpoints (save_top_k 0, save_last false)": ["--checkpoint.save_top_k=0", "--checkpoint.save_last=false"],
     "no sanity check (num_sanity_val_steps 0)": ["--trainer.num_sanity_val_steps", "0"],
 }
 
@@ -139,7 +139,8 @@ def section_startup(args, env, tmp) -> None:
         for name in names[r % len(names) :] + names[: r % len(names)]:
             times[name].append(run(cmds[name], args.repo, env))
     for name, runs in times.items():
-        print(f"| `{name}` | {spread([x['wall'] for x in runs], '{:.2f}')} | {spread([x['cpu'] for x in runs], '{:.2f}')} |")
+        wall, cpu = spread([x["wall"] for x in runs], "{:.2f}"), spread([x["cpu"] for x in runs], "{:.2f}")
+        print(f"| `{name}` | {wall} | {cpu} |")
     out = run([sys.executable, "-X", "importtime", "-m", "forecasting", "--help"], args.repo, env)["stderr"].decode()
     # Cumulative time of each top-level package the first time it is imported (CPU-bound, one run).
     totals: dict[str, float] = {}
