@@ -1,3 +1,3 @@
-from forecasting.cli import main
+from forecasting.entry import main
 
 main()

@@ -1,11 +1,10 @@
 """Forecast versus actual, in the target's original units, for one ticker: TensorBoard images
-`forecast/val` (every `every_n_epochs` validation epochs) and `forecast/test` (in `test`)."""
+`forecast/val` (every `every_n_validations` validation epochs) and `forecast/test` (in `test`)."""
 
 import numpy as np
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
-from matplotlib.figure import Figure
 from torch import nn
 
 from forecasting.callbacks.common import tensorboard
@@ -17,17 +16,25 @@ class ForecastPlot(Callback):
     Where the data module describes its samples by date and ticker (PriceDataModule) the x axis is
     the date each forecast was made (its target is the next trading day); otherwise the row index.
     The forecasts are those validation computes anyway (a forward hook on `pl_module.net`
-    keeps its last-step output), so the cost is one figure per epoch. Rank zero only; under DDP
+    keeps its last-step output), so the cost is one figure per drawn epoch. Rank zero only; under DDP
     it sees only its shard (every world_size-th window).
+
+    every_n_validations: draw after the 0th, N-th, 2N-th, ... validation of `fit` (not the sanity
+    check), and in every `test`. A figure costs tens of ms per validation on a CPU, and the first of
+    a process ~0.25 s more (fonts): BENCHMARKS.md. 1 draws every validation.
     """
 
-    def __init__(self, ticker: str | None = None, every_n_epochs: int = 1, max_points: int = 2000):
-        self.ticker, self.every_n_epochs, self.max_points = ticker, every_n_epochs, max_points
+    def __init__(self, ticker: str | None = None, every_n_validations: int = 5, max_points: int = 2000):
+        self.ticker, self.every_n_validations, self.max_points = ticker, every_n_validations, max_points
         self.drawn: dict | None = None  # the last figure's data (ticker, rows, x, forecast, actual)
         self._active, self._hook, self._output = False, None, None
+        self._validations = 0  # validations of fit seen so far (sanity check excluded)
 
     def _start(self, trainer, pl_module, stage: str) -> None:
-        due = stage == "test" or (not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0)
+        due = stage == "test"
+        if stage == "val" and not trainer.sanity_checking:
+            due = self._validations % self.every_n_validations == 0
+            self._validations += 1
         self._active = due and tensorboard(trainer) is not None
         self._parts, self._wanted, self._dates, self._output, self._hook = [], None, None, None, None
         net = getattr(pl_module, "net", None)
@@ -78,6 +85,8 @@ class ForecastPlot(Callback):
         order = rows.argsort()
         rows, forecast, actual = rows[order].numpy(), forecast[order].numpy(), actual[order].numpy()
         x = [self._dates[r] for r in rows.tolist()] if self._dates is not None else rows
+        from matplotlib.figure import Figure  # imported when first drawn: runs without figures never pay for it
+
         fig = Figure(figsize=(8, 3.5))  # no layout engine: it would double the drawing time
         fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.18)
         ax = fig.add_subplot()

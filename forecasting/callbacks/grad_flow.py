@@ -8,14 +8,14 @@ to the first shows how much signal backpropagation carries across the window.
   grad_flow/first_to_last        ||dL/dx_0|| / ||dL/dx_{T-1}||; 1e-8 means the start of the window
                                  cannot teach the model anything
   grad_flow/log10_first_to_last  the same in decades (readable on a linear axis)
-  grad_flow/per_step             figure: log10 of the norms against steps back from the last
+  grad_flow/per_step             figure: log10 of the norms against steps back from the last, on every
+                                 `figure_every_n`-th measurement
 """
 
 import contextlib
 import math
 
 import torch
-from matplotlib.figure import Figure
 from torch import nn
 
 from forecasting.callbacks.common import FixedBatchCallback, log_scalars, tensorboard
@@ -52,18 +52,31 @@ def rnns_in_train_mode_without_dropout(net: nn.Module):
 
 
 class GradientFlow(FixedBatchCallback):
-    """See the module docstring; interval and batch as in FixedBatchCallback. Needs `pl_module.net`."""
+    """See the module docstring; interval and batch as in FixedBatchCallback. Needs `pl_module.net`.
+
+    figure_every_n: draw the figure on the 0th, N-th, 2N-th, ... measurement (the 0th is the untrained
+    model at the sanity check); the scalars are logged on every one. A figure costs tens of ms per
+    validation on a CPU, more than the measurement itself (BENCHMARKS.md); 1 draws every time.
+    """
+
+    def __init__(self, every_n_steps: int | None = None, max_samples: int = 64, figure_every_n: int = 5):
+        super().__init__(every_n_steps, max_samples)
+        self.figure_every_n, self._measured = figure_every_n, 0
 
     def measure(self, trainer, pl_module, batch):
         if not isinstance(getattr(pl_module, "net", None), nn.Module):
             return
+        draw = self._measured % self.figure_every_n == 0
+        self._measured += 1
         norms = gradient_flow(pl_module.net, batch["x"], batch["y"], getattr(pl_module, "loss_fn", None))
         norms = norms.double().cpu()
         ratio = float(norms[0] / norms[-1].clamp(min=1e-300))
         log10 = math.log10(max(ratio, 1e-300))
         log_scalars(trainer, {"grad_flow/first_to_last": ratio, "grad_flow/log10_first_to_last": log10})
         writer = tensorboard(trainer)
-        if writer is not None:
+        if writer is not None and draw:
+            from matplotlib.figure import Figure  # imported when first drawn: runs without figures never pay for it
+
             fig = Figure(figsize=(6, 3.5))  # no layout engine: it would double the drawing time
             fig.subplots_adjust(left=0.14, right=0.97, top=0.9, bottom=0.14)
             ax = fig.add_subplot()

@@ -1,0 +1,50 @@
+"""`python -m forecasting` and the `forecasting` command: the top-level help without importing torch.
+
+`python -m forecasting --help` only lists the subcommands, yet LightningCLI would import torch,
+Lightning and every module the CLI names first (seconds to tens of seconds: BENCHMARKS.md). This
+prints the list from SUBCOMMANDS (tests/test_entry.py checks it against the CLI's) and hands every
+other command line to `forecasting.cli.main`, which builds the full parser.
+"""
+
+import sys
+
+# name -> one line; keep in step with ForecastingCLI.subcommands() (a test compares them).
+SUBCOMMANDS = {
+    "fit": "train a model: python -m forecasting fit --config configs/volatility.yaml",
+    "validate": "score a checkpoint on the validation split (--ckpt_path)",
+    "test": "score a checkpoint on the test split, next to the baselines (--ckpt_path)",
+    "predict": "write dated forecasts to a CSV (--ckpt_path; data.predict_path for new data)",
+    "lr_find": "sweep the learning rate and suggest one (plot: lr_find.png in the log dir)",
+    "diagnose": "train a few hundred steps and report PASS / WARN / FAIL on why an LSTM does not learn",
+}
+
+HELP = """usage: python -m forecasting [-h] [-c CONFIG] [--print_config[=flags]] {names} ...
+
+A PyTorch Lightning template for forecasting financial time series with stacked LSTMs.
+
+options:
+  -h, --help            show this help message and exit
+  -c CONFIG, --config CONFIG
+                        path to a configuration file (YAML); repeat to stack overlays
+  --print_config[=flags]
+                        print the configuration after applying all other arguments and exit
+
+subcommands (`python -m forecasting <subcommand> --help` lists its options):
+{lines}
+"""
+
+
+def help_text() -> str:
+    width = max(map(len, SUBCOMMANDS)) + 2
+    lines = "\n".join(f"  {name:<{width}}{text}" for name, text in SUBCOMMANDS.items())
+    return HELP.format(names="{" + ",".join(SUBCOMMANDS) + "}", lines=lines)
+
+
+def main(args: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if args is None else args
+    if argv in (["-h"], ["--help"]):
+        print(help_text(), end="")
+        sys.exit(0)
+    from forecasting.cli import main as cli_main  # torch, Lightning and the rest: only when they are used
+
+    cli_main(args)

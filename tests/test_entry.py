@@ -1,0 +1,24 @@
+"""`python -m forecasting --help` answers without importing torch, and lists the CLI's own subcommands."""
+
+import subprocess
+import sys
+
+from forecasting.cli import ForecastingCLI
+from forecasting.entry import SUBCOMMANDS, help_text
+from tests.conftest import ROOT
+
+
+def test_quick_help_lists_exactly_the_cli_subcommands():
+    assert list(SUBCOMMANDS) == list(ForecastingCLI.subcommands())
+    assert all(f"  {name} " in help_text() for name in SUBCOMMANDS)
+
+
+def test_top_level_help_imports_neither_torch_nor_lightning():
+    code = "import sys; sys.argv = ['forecasting', '--help']; import runpy\n"
+    code += "try:\n    runpy.run_module('forecasting', run_name='__main__')\n"
+    code += "except SystemExit as e:\n    assert e.code == 0\n"
+    heavy = "('torch', 'lightning', 'matplotlib', 'pandas')"
+    code += f"print(sorted(m for m in {heavy} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "usage: python -m forecasting" in out and "diagnose" in out
+    assert out.strip().splitlines()[-1] == "[]"

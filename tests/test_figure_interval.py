@@ -1,0 +1,27 @@
+"""Figures every N validations, scalars every time (GradientFlow.figure_every_n, ForecastPlot.every_n_validations)."""
+
+from forecasting.callbacks.forecast_plot import ForecastPlot
+from forecasting.callbacks.grad_flow import GradientFlow
+from tests.test_diagnostics import batches, events, fit, model
+
+
+def test_figures_at_validations_0_n_2n_and_scalars_at_every_one(tmp_path):
+    flow, plot = GradientFlow(figure_every_n=2), ForecastPlot(every_n_validations=2)
+    trainer = fit(model(dense_loss=False), tmp_path, [flow, plot], train=batches(2, dense=False), max_epochs=5)
+    ea = events(trainer)
+    ends = [2 * (epoch + 1) for epoch in range(5)]  # global_step after each epoch's 2 batches
+    # GradientFlow measures at the sanity check (step 0) and after each of the 5 validations.
+    assert [e.step for e in ea.Scalars("grad_flow/first_to_last")] == [0, *ends]
+    assert [e.step for e in ea.Images("grad_flow/per_step")] == [0, ends[1], ends[3]]  # measurements 0, 2, 4
+    # ForecastPlot counts the validations of fit, not the sanity check: validations 0, 2, 4.
+    assert [e.step for e in ea.Images("forecast/val")] == [ends[0], ends[2], ends[4]]
+
+
+def test_an_interval_of_one_draws_every_time(tmp_path):
+    trainer = fit(
+        model(dense_loss=False), tmp_path, [GradientFlow(figure_every_n=1), ForecastPlot(every_n_validations=1)],
+        train=batches(2, dense=False), max_epochs=3,
+    )  # fmt: skip
+    ea = events(trainer)
+    assert [e.step for e in ea.Images("grad_flow/per_step")] == [0, 2, 4, 6]
+    assert [e.step for e in ea.Images("forecast/val")] == [2, 4, 6]
