@@ -17,6 +17,11 @@ SUBCOMMANDS = {
     "lr_find": "sweep the learning rate and suggest one (plot: lr_find.png in the log dir)",
     "diagnose": "train a few hundred steps and report PASS / WARN / FAIL on why an LSTM does not learn",
 }
+# Runs of many fits, handled by forecasting/cli.py's main() before LightningCLI.
+RUNNERS = {
+    "backtest": "walk-forward folds with fresh fits, pooled tables, Diebold-Mariano vs the baselines",
+    "tune": "Optuna search over config keys that says why trials failed (--tune.space, --tune.trials)",
+}
 
 HELP = """usage: python -m forecasting [-h] [-c CONFIG] [--print_config[=flags]] {names} ...
 
@@ -35,9 +40,10 @@ subcommands (`python -m forecasting <subcommand> --help` lists its options):
 
 
 def help_text() -> str:
-    width = max(map(len, SUBCOMMANDS)) + 2
-    lines = "\n".join(f"  {name:<{width}}{text}" for name, text in SUBCOMMANDS.items())
-    return HELP.format(names="{" + ",".join(SUBCOMMANDS) + "}", lines=lines)
+    every = {**SUBCOMMANDS, **RUNNERS}
+    width = max(map(len, every)) + 2
+    lines = "\n".join(f"  {name:<{width}}{text}" for name, text in every.items())
+    return HELP.format(names="{" + ",".join(every) + "}", lines=lines)
 
 
 def main(args: list[str] | None = None) -> None:
