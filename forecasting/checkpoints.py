@@ -80,7 +80,7 @@ def check_checkpoint(path: str, data: dict | None, model: dict | None) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Unsupported global" not in str(err):  # a byte the unpickler rejects, not a class it refuses
+        if "GLOBAL" not in str(err) and "global" not in str(err):  # a byte the unpickler rejects, not a class
             raise ForecastingError(f"ckpt_path: {path} is not a checkpoint file (corrupted or another format)") from None
         raise ForecastingError(
             f"ckpt_path: {path} refused: it holds pickled objects that could run code when loaded "
