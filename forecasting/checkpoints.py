@@ -76,12 +76,16 @@ def check_checkpoint(path: str, data: dict | None, model: dict | None) -> dict:
     if not Path(path).is_file():
         raise ForecastingError(f"ckpt_path: no checkpoint file at {path}")
     if Path(path).stat().st_size == 0:
-        raise ForecastingError(f"ckpt_path: {path} is empty (0 bytes): a run killed while saving? use another checkpoint")
+        raise ForecastingError(
+            f"ckpt_path: {path} is empty (0 bytes): a run killed while saving? use another checkpoint"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "GLOBAL" not in str(err) and "global" not in str(err):  # a byte the unpickler rejects, not a class
-            raise ForecastingError(f"ckpt_path: {path} is not a checkpoint file (corrupted or another format)") from None
+            raise ForecastingError(
+                f"ckpt_path: {path} is not a checkpoint file (corrupted or another format)"
+            ) from None
         raise ForecastingError(
             f"ckpt_path: {path} refused: it holds pickled objects that could run code when loaded "
             "(torch.load weights_only=True); only use checkpoints this template wrote, or ones you trust"
@@ -109,7 +113,9 @@ def check_checkpoint(path: str, data: dict | None, model: dict | None) -> dict:
         )
     for name, tensor in tensors_in(ckpt["state_dict"]):
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise ForecastingError(f"ckpt_path: {path}: weight '{name.lstrip('/')}' holds NaN or Inf; use an earlier checkpoint")
+            raise ForecastingError(
+                f"ckpt_path: {path}: weight '{name.lstrip('/')}' holds NaN or Inf; use an earlier checkpoint"
+            )
 
     def plain(value):
         return list(value) if isinstance(value, tuple) else value

@@ -13,16 +13,16 @@ import importlib
 import sys
 
 import lightning as L
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from jsonargparse import ArgumentError
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+from forecasting import validation
 from forecasting.callbacks.prediction_writer import PredictionWriter
 from forecasting.checkpoints import check_checkpoint
 from forecasting.errors import ForecastingError
 from forecasting.models.forecaster import Forecaster
 from forecasting.trainer import ForecastingTrainer
-from forecasting import validation
 
 
 class ForecastingCLI(LightningCLI):

@@ -86,7 +86,9 @@ def check_yaml_files(args: list[str] | None) -> None:
             problem = getattr(err, "problem", None) or str(err).splitlines()[0]
             raise ForecastingError(f"--config {value}:{where}: not valid YAML ({problem}); fix the file") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ForecastingError(f"--config {value}: expected a mapping of keys (trainer:, model:, data:), got a {type(loaded).__name__}")
+            raise ForecastingError(
+                f"--config {value}: expected a mapping of keys (trainer:, model:, data:), got a {type(loaded).__name__}"
+            )
 
 
 # ------------------------------------------------------------------ checkpoints to use
@@ -136,9 +138,7 @@ def resolve_ckpt_path(subcommand: str, config) -> None:
     if ckpt == "last":
         last = newest_last(config)
         if last is None:
-            raise ForecastingError(
-                f"--ckpt_path last: no last.ckpt {where}; run fit first or give the checkpoint file"
-            )
+            raise ForecastingError(f"--ckpt_path last: no last.ckpt {where}; run fit first or give the checkpoint file")
         config.ckpt_path = str(last)
         if subcommand == "fit":  # resume into the same version folder (cli.resume_last)
             config.trainer.logger.init_args["version"] = last.parent.parent.name
@@ -346,7 +346,7 @@ def check_config(subcommand: str | None, config) -> None:
     logger = trainer.get("logger")
     for item in logger if isinstance(logger, list) else [logger]:
         if isinstance(item, dict):
-            check_writable_dir(f"trainer.logger save_dir", (item.get("init_args") or {}).get("save_dir"))
+            check_writable_dir("trainer.logger save_dir", (item.get("init_args") or {}).get("save_dir"))
     check_writable_dir("trainer.default_root_dir", trainer.get("default_root_dir"))
     if (plain.get("checkpoint") or {}).get("dirpath"):
         check_writable_dir("checkpoint.dirpath", plain["checkpoint"]["dirpath"])

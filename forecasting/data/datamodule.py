@@ -22,7 +22,13 @@ from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 from forecasting import baselines
 from forecasting.data import features as F
 from forecasting.data.io import (
-    BAD_VALUE_POLICIES, MISSING_POLICIES, check_timezone, quality_report, read_prices, stamp, where,
+    BAD_VALUE_POLICIES,
+    MISSING_POLICIES,
+    check_timezone,
+    quality_report,
+    read_prices,
+    stamp,
+    where,
 )  # fmt: skip
 from forecasting.data.windows import BatchLoaders, WindowDataset, valid_ends
 from forecasting.errors import ForecastingError
@@ -126,17 +132,22 @@ class PriceDataModule(BatchLoaders):
             raise ForecastingError("data.time_column: required; name the file's column of dates or times")
         check_timezone(timezone)
         if bad_values not in BAD_VALUE_POLICIES:
-            raise ForecastingError(f"data.bad_values: unknown policy '{bad_values}'; use one of {list(BAD_VALUE_POLICIES)}")
+            raise ForecastingError(
+                f"data.bad_values: unknown policy '{bad_values}'; use one of {list(BAD_VALUE_POLICIES)}"
+            )
         if bad_values == "missing" and missing == "error":
             raise ForecastingError(
-                "data.bad_values: missing hands bad rows to data.missing, which is 'error'; set data.missing: ffill or drop"
+                "data.bad_values: missing hands bad rows to data.missing, which is 'error'; "
+                "set data.missing: ffill or drop"
             )
         if max_flat_rows is not None and (not isinstance(max_flat_rows, int) or max_flat_rows < 2):
             raise ForecastingError(f"data.max_flat_rows: use null (no check) or an integer >= 2, got {max_flat_rows!r}")
         if tickers is not None and len(tickers) == 0:
             raise ForecastingError("data.tickers: the list is empty; name at least one ticker, or null for all of them")
         if not isinstance(num_workers, int) or num_workers < 0:
-            raise ForecastingError(f"data.num_workers: must be 0 (load in the main process) or more, got {num_workers!r}")
+            raise ForecastingError(
+                f"data.num_workers: must be 0 (load in the main process) or more, got {num_workers!r}"
+            )
         if missing not in MISSING_POLICIES:
             raise ForecastingError(f"data.missing: unknown policy '{missing}'; use one of {list(MISSING_POLICIES)}")
         if scaler not in SCALERS:
@@ -271,7 +282,8 @@ class PriceDataModule(BatchLoaders):
         if not text:
             return
         print(text)
-        log_dir = getattr(self.trainer, "log_dir", None) if self.trainer is not None else None
+        # Only into a logger's folder: without one, log_dir falls back to the working directory.
+        log_dir = self.trainer.log_dir if self.trainer is not None and self.trainer.loggers else None
         if log_dir:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             (Path(log_dir) / "data_quality.txt").write_text(text + "\n", encoding="utf-8")

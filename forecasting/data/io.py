@@ -30,7 +30,9 @@ def read_frame(path: str | Path, text_columns: tuple[str, ...] = ()) -> pd.DataF
     """Read a CSV or Parquet file as-is (`text_columns` of a CSV as strings); a bad file gives a ForecastingError."""
     path = Path(path)
     if path.is_dir():
-        raise ForecastingError(f"{path}: is a folder; set data.path (or data.predict_path) to a CSV or Parquet file in it")
+        raise ForecastingError(
+            f"{path}: is a folder; set data.path (or data.predict_path) to a CSV or Parquet file in it"
+        )
     if not path.is_file():
         raise ForecastingError(f"{path}: file not found; set data.path (or data.predict_path) to a CSV or Parquet file")
     suffix = path.suffix.lower()
@@ -110,7 +112,7 @@ def parse_times(
             times = pd.to_datetime(numbers, unit=EPOCH_UNITS[date_format], errors="coerce", utc=True)
         elif numeric and date_format is None:
             raise ForecastingError(
-                f"{path}: {where(path, 0)}, column '{column}': the times are numbers ({values.iloc[0]!r}), which would "
+                f"{path}: {where(path, 0)}, column '{column}': the times are numbers ({values.iloc[0]}), which would "
                 f"be read as nanoseconds since 1970; {hint}"
             )
         else:
@@ -198,23 +200,26 @@ def bad_rows(out: pd.DataFrame, columns: dict[str, str], max_flat_rows: int | No
     n = len(out)
     reasons = np.full(n, "", dtype=object)
 
-    def flag(mask, text):
-        """Give rows in `mask` (not yet flagged) the reason `text`: a string or a function of the value."""
+    def flag(mask, text, values=None):
+        """Give rows in `mask` (not yet flagged) the reason `text`, formatted with the row's value as {v}."""
         for i in np.flatnonzero(np.asarray(mask, dtype=bool) & (reasons == "")):
-            reasons[i] = text if isinstance(text, str) else text(i)
+            reasons[i] = text.format(v=values[i]) if values is not None else text
 
     for name in [*(p for p in PRICE_COLUMNS if p in columns), *(["volume"] if "volume" in columns else [])]:
         values, column = out[name].to_numpy(), columns[name]
         low, high = (0, MAX_VOLUME) if name == "volume" else PRICE_RANGE
         kind = "volume" if name == "volume" else "price"
-        flag(values <= 0, lambda i: f"column '{column}': {kind} {values[i]} is not positive")
-        flag((values < low) | (values > high), lambda i: f"column '{column}': {kind} {values[i]} is implausible")
+        flag(values <= 0, f"column '{column}': {kind} {{v}} is not positive", values)
+        flag((values < low) | (values > high), f"column '{column}': {kind} {{v}} is implausible", values)
     if "high" in columns and "low" in columns:
         high, low = out["high"].to_numpy(), out["low"].to_numpy()
         flag(high < low, f"columns '{columns['high']}' < '{columns['low']}': high below low")
         if "close" in columns:
             close, slack = out["close"].to_numpy(), 1e-9 * np.abs(high)
-            flag((close > high + slack) | (close < low - slack), f"column '{columns['close']}': close outside [low, high]")
+            flag(
+                (close > high + slack) | (close < low - slack),
+                f"column '{columns['close']}': close outside [low, high]",
+            )
     if max_flat_rows and "close" in columns:
         close, ticker = out["close"].to_numpy(), out["ticker"].to_numpy()
         same = np.r_[False, (close[1:] == close[:-1]) & (ticker[1:] == ticker[:-1])]
@@ -222,7 +227,11 @@ def bad_rows(out: pd.DataFrame, columns: dict[str, str], max_flat_rows: int | No
         size = np.bincount(run)[run]
         # A run of max_flat_rows or more equal closes: every row after its first is suspect.
         flat = same & (size >= max_flat_rows)
-        flag(flat, f"column '{columns['close']}': close unchanged for {max_flat_rows} or more rows (data.max_flat_rows)")
+        flag(
+            flat,
+            f"column '{columns['close']}': close unchanged for {max_flat_rows} or more rows "
+            "(data.max_flat_rows; null turns this check off)",
+        )
     return reasons != "", list(reasons)
 
 
@@ -294,7 +303,8 @@ def read_prices(
         i = int(np.flatnonzero(flagged)[0])
         raise ForecastingError(
             f"{path}: {where(path, int(out['line'].iloc[i]))}, {reasons[i]} (ticker '{out['ticker'].iloc[i]}', "
-            f"{stamp(out['time'].iloc[i])}); fix the row, or set data.bad_values: missing to hand such rows to data.missing"
+            f"{stamp(out['time'].iloc[i])}); fix the row, or set data.bad_values: missing "
+            "to hand such rows to data.missing"
         )
     absent = out[list(numeric)].isna().any(axis=1).to_numpy()
     out.loc[flagged, list(numeric)] = np.nan
@@ -342,11 +352,15 @@ def summarise(out, absent, flagged, reasons, filled, dropped, first: int = 3) ->
 def quality_report(path, summary: dict, bad_values: str, missing: str) -> str:
     """A short table of what was missing, flagged, filled or dropped, per ticker."""
     rows = sum(s["rows"] for s in summary.values())
-    head = f"data quality ({path}): {len(summary)} tickers, {rows} rows; data.bad_values={bad_values}, data.missing={missing}"
+    head = f"data quality ({path}): {len(summary)} tickers, {rows} rows; "
+    head += f"data.bad_values={bad_values}, data.missing={missing}"
     issues = {t: s for t, s in summary.items() if s["missing"] or s["flagged"]}
     if not issues:
         return head + "; nothing missing, flagged, filled or dropped"
-    lines = [head, f"  {'ticker':<12} {'rows':>7} {'missing':>7} {'flagged':>7} {'filled':>7} {'dropped':>7}  first issues"]
+    lines = [
+        head,
+        f"  {'ticker':<12} {'rows':>7} {'missing':>7} {'flagged':>7} {'filled':>7} {'dropped':>7}  first issues",
+    ]
     for ticker, s in issues.items():
         lines.append(
             f"  {ticker:<12} {s['rows']:>7} {s['missing']:>7} {s['flagged']:>7} {s['filled']:>7} {s['dropped']:>7}  "
