@@ -52,7 +52,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a run killed while saving
+        for stale in path.parent.glob(".*.ckpt.*.tmp"):  # left by a run killed while saving
             stale.unlink(missing_ok=True)
         if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
             checkpoint[CHECKSUM_KEY] = checksum(checkpoint)

@@ -122,7 +122,7 @@ class KeepConfigOnResume(SaveConfigCallback):
     config.yaml keeps recording what trained it, even if the resumed run fails."""
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage == "fit" and trainer.ckpt_path:
+        if stage == "fit" and self.config.get("ckpt_path"):  # trainer.ckpt_path is set only after setup
             self.config_filename = "config.resumed.yaml"
         super().setup(trainer, pl_module, stage)
 

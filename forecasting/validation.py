@@ -189,7 +189,8 @@ def same_value(a, b) -> bool:
 
 def check_not_done(path: str, ckpt: dict, trainer: dict) -> None:
     """`fit --ckpt_path` on a run that already reached max_epochs/max_steps would do nothing."""
-    done = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {}).get("completed")
+    # "processed": epochs whose training finished (last.ckpt is saved before "completed" counts it).
+    done = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {}).get("processed")
     max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps")
     if isinstance(done, int) and isinstance(max_epochs, int) and max_epochs >= 0 and done >= max_epochs:
         raise ForecastingError(
