@@ -283,7 +283,9 @@ class PriceDataModule(BatchLoaders):
             return
         print(text)
         # Only into a logger's folder: without one, log_dir falls back to the working directory.
-        log_dir = self.trainer.log_dir if self.trainer is not None and self.trainer.loggers else None
+        # trainer.log_dir broadcasts (a collective): prepare_data runs on rank 0 only, so ask the logger.
+        logger = self.trainer.logger if self.trainer is not None else None
+        log_dir = getattr(logger, "log_dir", None)
         if log_dir:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             (Path(log_dir) / "data_quality.txt").write_text(text + "\n", encoding="utf-8")
