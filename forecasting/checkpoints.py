@@ -9,6 +9,7 @@
   reported in one line instead of a size-mismatch traceback.
 """
 
+import hashlib
 import os
 import pickle
 import tempfile
@@ -23,12 +24,39 @@ from forecasting.errors import ForecastingError
 # whole network config (class_path and every init arg), whatever the network.
 DATA_KEYS = ("features", "target", "horizon")
 MODEL_KEYS = ("n_features", "horizon", "net")
+# Stored in every checkpoint this template writes: a SHA-256 over its tensors, so flipped bytes
+# are reported as corruption instead of loading and failing later as NaN losses.
+CHECKSUM_KEY = "forecasting_checksum"
+
+
+def tensors_in(value, prefix=""):
+    """(name, tensor) pairs of every tensor in nested dicts/lists, in a fixed order."""
+    if isinstance(value, torch.Tensor):
+        yield prefix, value
+    elif isinstance(value, dict):
+        for key in sorted(value, key=str):
+            yield from tensors_in(value[key], f"{prefix}/{key}")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from tensors_in(item, f"{prefix}/{i}")
+
+
+def checksum(checkpoint: dict) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in tensors_in({k: checkpoint.get(k) for k in ("state_dict", "optimizer_states")}):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(".*.ckpt.*.tmp"):  # left by a run killed while saving
+            stale.unlink(missing_ok=True)
+        if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
+            checkpoint[CHECKSUM_KEY] = checksum(checkpoint)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -50,19 +78,54 @@ def flatten(tree: dict, prefix: str = ""):
             yield f"{prefix}{k}", v
 
 
-def check_checkpoint(path: str, data: dict | None, model: dict | None) -> None:
-    """Refuse an unsafe checkpoint, or one that does not fit the config's data and model keys."""
+def check_checkpoint(path: str, data: dict | None, model: dict | None) -> dict:
+    """Refuse an unsafe, malformed or corrupted checkpoint, or one that does not fit the
+    config's data and model keys; return it (loaded with weights_only=True) for further checks."""
+    if Path(path).is_dir():
+        raise ForecastingError(f"ckpt_path: {path} is a folder; give a checkpoint file such as {path}/last.ckpt")
     if not Path(path).is_file():
         raise ForecastingError(f"ckpt_path: no checkpoint file at {path}")
+    if Path(path).stat().st_size == 0:
+        raise ForecastingError(
+            f"ckpt_path: {path} is empty (0 bytes): a run killed while saving? use another checkpoint"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as err:
+        if "GLOBAL" not in str(err) and "global" not in str(err):  # a byte the unpickler rejects, not a class
+            raise ForecastingError(
+                f"ckpt_path: {path} is not a checkpoint file (corrupted or another format)"
+            ) from None
         raise ForecastingError(
             f"ckpt_path: {path} refused: it holds pickled objects that could run code when loaded "
             "(torch.load weights_only=True); only use checkpoints this template wrote, or ones you trust"
         ) from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise ForecastingError(f"ckpt_path: {path} is not a readable checkpoint ({str(err).splitlines()[0]})") from None
+    except Exception as err:  # zip, pickle or storage errors: truncated, corrupted or not a torch file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ForecastingError(
+            f"ckpt_path: {path} is not a readable checkpoint, corrupted or another format ({first[:120]})"
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise ForecastingError(
+            f"ckpt_path: {path} holds a {type(ckpt).__name__}, not a Lightning checkpoint (a dict with "
+            "'state_dict'); give a file this template's fit wrote (<run>/checkpoints/*.ckpt)"
+        )
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise ForecastingError(
+            f"ckpt_path: {path} has no 'state_dict' (keys: {sorted(map(str, ckpt))[:6]}): not a Lightning "
+            "checkpoint; a bare model.state_dict() cannot be used here"
+        )
+    stored = ckpt.get(CHECKSUM_KEY)
+    if stored is not None and stored != checksum(ckpt):
+        raise ForecastingError(
+            f"ckpt_path: {path} is corrupted: its tensors do not match the checksum stored when it was saved; "
+            "use another checkpoint (e.g. an epoch*.ckpt of the same run)"
+        )
+    for name, tensor in tensors_in(ckpt["state_dict"]):
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ForecastingError(
+                f"ckpt_path: {path}: weight '{name.lstrip('/')}' holds NaN or Inf; use an earlier checkpoint"
+            )
 
     def plain(value):
         if hasattr(value, "as_dict"):  # a jsonargparse Namespace (model.net in the config)
@@ -87,3 +150,4 @@ def check_checkpoint(path: str, data: dict | None, model: dict | None) -> None:
                     f"ckpt_path: {path} was trained with {section}.{key}={was!r}, but the config has "
                     f"{now!r}; use the config it was trained with (config.yaml in its run folder)"
                 )
+    return ckpt

@@ -11,13 +11,13 @@ A LightningCLI (and `backtest`, many fits: backtest.py) that
 
 import importlib
 import sys
-from pathlib import Path
 
 import lightning as L
+from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+from forecasting import validation
 from forecasting.callbacks.prediction_writer import PredictionWriter
 from forecasting.callbacks.summary import RunSummary
 from forecasting.checkpoints import check_checkpoint
@@ -58,6 +58,9 @@ class ForecastingCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
                 "early_stopping.monitor": "val/loss",
                 "early_stopping.patience": 10,
+                # A run shorter than one validation (max_steps on the debug overlay) has no val/loss:
+                # not an error. A misspelt monitor is refused before training (validation.check_monitors).
+                "early_stopping.strict": False,
                 "lr_monitor.logging_interval": "epoch",
                 # Write checkpoints to a temporary file and rename: a kill while saving never
                 # leaves a half-written last.ckpt (checkpoints.py).
@@ -67,30 +70,36 @@ class ForecastingCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the checkpoint here (to take the model's hyperparameters from
-        # it) before any hook of ours runs: resolve `last` and vet the file first, so an
-        # unsafe or mismatched checkpoint is refused in one line (checkpoints.py).
+        # it) before any hook of ours runs: resolve `last`/`best`, require weights for
+        # validate/test/predict, and vet the file first, so an unsafe, corrupted or mismatched
+        # checkpoint is refused in one line (checkpoints.py, validation.py).
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else None
-        if config is not None and config.get("ckpt_path") is not None:
-            if subcommand == "fit" and config.ckpt_path == "last":
-                resume_last(config)
-            if config.ckpt_path not in ("last", "best", "hpc", "registry"):
-                data = config.data.get("init_args") if config.get("data") else None
-                check_checkpoint(config.ckpt_path, data.as_dict() if data else None, config.model.as_dict())
+        if config is None:
+            return super()._parse_ckpt_path()
+        # Config checks run here, the first hook after parsing (before Lightning prints anything).
+        check_clipping(config)
+        validation.check_config(subcommand, config)
+        build_data(config)
+        validation.resolve_ckpt_path(subcommand, config)
+        if config.get("ckpt_path") not in (None, "last", "best"):
+            data = config.data.get("init_args") if config.get("data") else None
+            data = data.as_dict() if data else None
+            model = {**config.model.as_dict(), **linked_sizes(config)}
+            ckpt = check_checkpoint(config.ckpt_path, data, model)
+            validation.compare_data(config.ckpt_path, ckpt, data, subcommand)
+            if subcommand == "fit":
+                validation.check_not_done(config.ckpt_path, ckpt, config.trainer.as_dict())
+            self._ckpt_state = ckpt["state_dict"]
         super()._parse_ckpt_path()
 
-    def before_instantiate_classes(self) -> None:
-        # jsonargparse turns an error raised while building a class chosen by class_path into a
-        # multi-line ValueError. Build the data module once here (no I/O in __init__, so cheap)
-        # so a bad data.* value reaches main() as the one-line ForecastingError it is.
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
         config = self.config[self.subcommand] if self.subcommand else self.config
-        check_clipping(config)
-        data = config.get("data")
-        if data is not None and data.get("class_path"):
-            module, name = data.class_path.rsplit(".", 1)
-            init = data.get("init_args")
-            dm = getattr(importlib.import_module(module), name)(**(init.as_dict() if init else {}))
-            base.check(dm)  # the sizes the CLI links next must exist: one line instead of a link traceback
+        validation.check_monitors(config, self.model)
+        state = getattr(self, "_ckpt_state", None)
+        if state is not None:
+            validation.check_state_shapes(config.ckpt_path, state, self.model)
 
     def before_fit(self) -> None:
         # Before Lightning starts (and its logger writes anything): one training batch checked
@@ -99,20 +108,35 @@ class ForecastingCLI(LightningCLI):
         base.check_batch(self.datamodule, "fit", dense=getattr(self.model, "dense", False))
 
 
-def resume_last(config) -> None:
-    """`fit --ckpt_path last`: Lightning looks for last.ckpt only in the NEW run's folder
-    (a fresh logger version), finds nothing and starts over. Resume the newest
-    <save_dir>/<name>/version_N/checkpoints/last.ckpt instead, logging into that same version."""
-    logger = config.trainer.get("logger")
-    init = logger.get("init_args") if hasattr(logger, "get") else None
-    if init is None or init.get("save_dir") is None:
-        return
-    runs = Path(init["save_dir"]) / (init.get("name") or "lightning_logs")
-    found = sorted(runs.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if found:
-        config.ckpt_path = str(found[-1])
-        init["version"] = found[-1].parent.parent.name
-        rank_zero_info(f"resuming from {found[-1]}")
+def build_data(config):
+    """The configured data module (its __init__ validates the data.* keys and reads nothing).
+    Built here once because jsonargparse turns an error raised while building a class chosen
+    by class_path into a multi-line ValueError; this way it reaches main() as one line."""
+    data = config.get("data")
+    if data is None or not data.get("class_path"):
+        return None
+    module, name = data.class_path.rsplit(".", 1)
+    init = data.get("init_args")
+    dm = getattr(importlib.import_module(module), name)(**(init.as_dict() if init else {}))
+    base.check(dm)  # the sizes the CLI links must exist: one line instead of a link traceback
+    return dm
+
+
+def linked_sizes(config) -> dict:
+    """The model sizes the CLI links from the data module at instantiation (not yet in the config)."""
+    data = build_data(config)
+    names = ("n_features", "horizon", "target_kind")
+    return {k: getattr(data, k) for k in names if data is not None and hasattr(data, k)}
+
+
+class KeepConfigOnResume(SaveConfigCallback):
+    """Resuming (`fit --ckpt_path`) writes the new invocation to config.resumed.yaml: the run's
+    config.yaml keeps recording what trained it, even if the resumed run fails."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and self.config.get("ckpt_path"):  # trainer.ckpt_path is set only after setup
+            self.config_filename = "config.resumed.yaml"
+        super().setup(trainer, pl_module, stage)
 
 
 def check_clipping(config) -> None:
@@ -139,11 +163,15 @@ def check_clipping(config) -> None:
 
 def build(args: list[str] | None = None, run: bool = True, cli_class=ForecastingCLI, **kwargs) -> ForecastingCLI:
     """The CLI without main()'s error handling: a ForecastingError propagates (tune.py runs trials with it)."""
+    # Parse errors raise (not print ~100 usage lines): main prints the one line that matters.
+    strict = {"exit_on_error": False}
+    kwargs.setdefault("parser_kwargs", {**strict, **{name: dict(strict) for name in ForecastingCLI.subcommands()}})
     return cli_class(
         Forecaster,
         L.LightningDataModule,  # any data module: configs pick one by class_path
         subclass_mode_data=True,
         trainer_class=ForecastingTrainer,
+        save_config_callback=KeepConfigOnResume,
         save_config_kwargs={"overwrite": True},  # re-running into the same version dir is fine
         args=args,
         run=run,
@@ -158,13 +186,18 @@ def main(args: list[str] | None = None, run: bool = True) -> ForecastingCLI:
         from forecasting import backtest
 
         return backtest.run(sys.argv[2:] if args is None else args[1:], build=lambda fold: main(fold, run=False))
+    argv = sys.argv[1:] if args is None else args
+    subcommand = next((a for a in argv if a in ForecastingCLI.subcommands()), None)
     try:
-        argv = sys.argv[1:] if args is None else args
         if argv and argv[0] == "tune":
             from forecasting.tune import tune  # imports this module: import on use
 
             return tune(argv[1:])
+        validation.check_yaml_files(argv)
         return build(args, run)
     except ForecastingError as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except ArgumentError as err:
+        print(f"error: {validation.argument_error_line(str(err), subcommand)}", file=sys.stderr)
         sys.exit(2)

@@ -106,10 +106,10 @@ def test_non_positive_price(tmp_path, prices):
     assert "line 42, column 'low': price 0.0 is not positive" in setup_error(write(tmp_path, prices))
 
 
-def test_zero_volume_breaks_log_volume_change(tmp_path, prices):
+def test_zero_volume_is_a_bad_value(tmp_path, prices):
     prices.loc[50, "volume"] = 0
     message = setup_error(write(tmp_path, prices))
-    assert "line 52" in message and "log_volume_change" in message
+    assert "line 52, column 'volume': volume 0.0 is not positive" in message and "data.bad_values: missing" in message
 
 
 def test_constant_feature_column(tmp_path, prices):

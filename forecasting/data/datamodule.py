@@ -21,7 +21,15 @@ from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 
 from forecasting import baselines
 from forecasting.data import features as F
-from forecasting.data.io import MISSING_POLICIES, read_prices, where
+from forecasting.data.io import (
+    BAD_VALUE_POLICIES,
+    MISSING_POLICIES,
+    check_timezone,
+    quality_report,
+    read_prices,
+    stamp,
+    where,
+)  # fmt: skip
 from forecasting.data.base import ForecastData
 from forecasting.data.windows import WindowDataset, valid_ends
 from forecasting.errors import ForecastingError
@@ -68,7 +76,11 @@ def fit_scaler(name: str, values: np.ndarray, labels: list[str], where: str) -> 
 
 
 class PriceDataModule(ForecastData):
-    """Daily prices of one or many tickers in long format (one row per ticker and date).
+    """Prices of one or many tickers in long format (one row per ticker and time: daily or intraday).
+
+    Times with a UTC offset are converted to `timezone` (default UTC) and used as naive
+    times in that zone; times without one are taken to be in it already. Split points
+    (`val_start`, `test_start`) are fractions of the distinct times, dates or full timestamps.
 
     Example: python -m forecasting fit --config configs/volatility.yaml
     """
@@ -82,6 +94,9 @@ class PriceDataModule(ForecastData):
         adjust_column: str | None = None,
         date_format: str | None = None,
         missing: str = "error",
+        bad_values: str = "error",
+        max_flat_rows: int | None = 20,
+        timezone: str = "UTC",
         tickers: list[str] | None = None,
         features: tuple[str, ...] = ("log_return", "gk_log_var", "log_volume_change"),
         target: str = "gk_log_var",
@@ -117,6 +132,26 @@ class PriceDataModule(ForecastData):
         for key, value in {"window": window, "horizon": horizon, "batch_size": batch_size}.items():
             if not isinstance(value, int) or value < 1:
                 raise ForecastingError(f"data.{key}: must be a positive integer, got {value!r}")
+        if not isinstance(time_column, str) or not time_column:
+            raise ForecastingError("data.time_column: required; name the file's column of dates or times")
+        check_timezone(timezone)
+        if bad_values not in BAD_VALUE_POLICIES:
+            raise ForecastingError(
+                f"data.bad_values: unknown policy '{bad_values}'; use one of {list(BAD_VALUE_POLICIES)}"
+            )
+        if bad_values == "missing" and missing == "error":
+            raise ForecastingError(
+                "data.bad_values: missing hands bad rows to data.missing, which is 'error'; "
+                "set data.missing: ffill or drop"
+            )
+        if max_flat_rows is not None and (not isinstance(max_flat_rows, int) or max_flat_rows < 2):
+            raise ForecastingError(f"data.max_flat_rows: use null (no check) or an integer >= 2, got {max_flat_rows!r}")
+        if tickers is not None and len(tickers) == 0:
+            raise ForecastingError("data.tickers: the list is empty; name at least one ticker, or null for all of them")
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ForecastingError(
+                f"data.num_workers: must be 0 (load in the main process) or more, got {num_workers!r}"
+            )
         if missing not in MISSING_POLICIES:
             raise ForecastingError(f"data.missing: unknown policy '{missing}'; use one of {list(MISSING_POLICIES)}")
         if scaler not in SCALERS:
@@ -129,7 +164,8 @@ class PriceDataModule(ForecastData):
         self.save_hyperparameters()
         self.path, self.time_column, self.ticker_column = path, time_column, ticker_column
         self.columns, self.adjust_column, self.date_format = dict(columns), adjust_column, date_format
-        self.missing = missing
+        self.missing, self.bad_values, self.max_flat_rows, self.timezone = missing, bad_values, max_flat_rows, timezone
+        self.quality: dict[str, dict] = {}  # "fit" / "predict": per-ticker data-quality summary (io.summarise)
         self.tickers, self.features, self.target = tickers, features, target
         self.horizon, self.window, self.val_start, self.test_start = horizon, window, val_start, test_start
         self.scaler, self.scale_per_ticker = scaler, scale_per_ticker
@@ -161,16 +197,19 @@ class PriceDataModule(ForecastData):
     # ---------------------------------------------------------------- reading
     def load(self, path: str) -> pd.DataFrame:
         """Validated rows of `path` with feature columns, per-row targets and split labels."""
+        report: dict = {}
         frame = read_prices(
-            path, self.time_column, self.ticker_column, self.columns, self.adjust_column, self.date_format, self.missing
-        )
+            path, self.time_column, self.ticker_column, self.columns, self.adjust_column, self.date_format,
+            self.missing, self.timezone, self.bad_values, self.max_flat_rows, report,
+        )  # fmt: skip
+        self.quality[path] = report
         if self.tickers is not None:
-            unknown = sorted(set(self.tickers) - set(frame["ticker"]))
+            unknown = sorted(set(map(str, self.tickers)) - set(frame["ticker"]))
             if unknown:
                 raise ForecastingError(
                     f"{path}: data.tickers names {unknown}, not in the file's '{self.ticker_column}'"
                 )
-            frame = frame[frame["ticker"].isin(self.tickers)].reset_index(drop=True)
+            frame = frame[frame["ticker"].isin(list(map(str, self.tickers)))].reset_index(drop=True)
         keep = []
         for ticker, rows in frame.groupby("ticker", sort=False):
             if len(rows) < self.window + self.horizon:
@@ -209,7 +248,7 @@ class PriceDataModule(ForecastData):
                     )
                     raise ForecastingError(
                         f"{path}: {where(Path(path), int(frame['line'].iat[i]))}: transform '{name}' is not finite for "
-                        f"ticker '{ticker}' on {frame['time'].iat[i].date()} ({cause}); fix the row"
+                        f"ticker '{ticker}' on {stamp(frame['time'].iat[i])} ({cause}); fix the row"
                     )
                 column[index] = values
         for name, column in columns.items():
@@ -223,15 +262,19 @@ class PriceDataModule(ForecastData):
             if isinstance(value, float):
                 return pd.Timestamp(dates[int(value * (len(dates) - 1))])
             try:
-                return pd.Timestamp(value)
-            except ValueError:
+                time = pd.Timestamp(value)
+            except (ValueError, TypeError):
                 raise ForecastingError(
-                    f"data.{key}: cannot parse date {value!r}; use YYYY-MM-DD or a fraction"
+                    f"data.{key}: cannot parse {value!r}; use a date (2009-01-01), a timestamp "
+                    "(2009-01-01T14:30, with or without an offset) or a fraction in (0, 1)"
                 ) from None
+            if time.tzinfo is not None:  # compare in data.timezone, like the file's times
+                time = time.tz_convert(self.timezone).tz_localize(None)
+            return time
 
         val, test = resolve(self.val_start, "val_start"), resolve(self.test_start, "test_start")
         if val >= test:
-            raise ForecastingError(f"data.val_start ({val.date()}) must come before data.test_start ({test.date()})")
+            raise ForecastingError(f"data.val_start ({stamp(val)}) must come before data.test_start ({stamp(test)})")
         return val, test
 
     def frame_key(self, stage: str) -> str:
@@ -247,6 +290,24 @@ class PriceDataModule(ForecastData):
         self.setup(stage)
         for split in {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ()):
             self.dataset(split)
+        self.report_quality()
+
+    def report_quality(self) -> None:
+        """Print the data-quality summary of each file read; save it to the log dir and TensorBoard."""
+        text = "\n".join(quality_report(p, q, self.bad_values, self.missing) for p, q in self.quality.items() if q)
+        if not text:
+            return
+        print(text)
+        # Only into a logger's folder: without one, log_dir falls back to the working directory.
+        # trainer.log_dir broadcasts (a collective): prepare_data runs on rank 0 only, so ask the logger.
+        logger = self.trainer.logger if self.trainer is not None else None
+        log_dir = getattr(logger, "log_dir", None)
+        if log_dir:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            (Path(log_dir) / "data_quality.txt").write_text(text + "\n", encoding="utf-8")
+            experiment = getattr(self.trainer.logger, "experiment", None)
+            if hasattr(experiment, "add_text"):  # TensorBoard's text tab renders Markdown: indent = code block
+                experiment.add_text("data_quality", "\n".join("    " + line for line in text.splitlines()))
 
     def setup(self, stage: str) -> None:
         which = self.frame_key(stage)
@@ -270,7 +331,7 @@ class PriceDataModule(ForecastData):
     def audit(self) -> None:
         """Leakage audit: refuse a scaler that saw a validation or test target's day."""
         scaler_end, val_start = self.stats["ranges"]["scaler"][1], self.stats["val_start"]
-        if scaler_end >= val_start:
+        if pd.Timestamp(scaler_end) >= pd.Timestamp(val_start):
             raise ForecastingError(
                 f"{self.path}: leakage: the scaler was fitted on rows up to {scaler_end}, but validation targets "
                 f"start on {val_start}; fit it on training rows only (PriceDataModule.scaler_rows)"
@@ -282,7 +343,7 @@ class PriceDataModule(ForecastData):
         groups = train.groupby("ticker", sort=False) if self.scale_per_ticker else [("*", train)]
         stats = {"tickers": [], "center": [], "scale": [], "target_center": [], "target_scale": []}
         for ticker, rows in groups:
-            where = f"{self.path} (ticker '{ticker}', rows before {val.date()})"
+            where = f"{self.path} (ticker '{ticker}', rows before {stamp(val)})"
             cols = [f"f:{n}" for n in self.features]
             center, scale = fit_scaler(self.scaler, rows[cols].to_numpy(), self.features, where)
             t_center, t_scale = fit_scaler(self.scaler, rows[[f"f:{self.target}"]].to_numpy(), [self.target], where)
@@ -293,7 +354,7 @@ class PriceDataModule(ForecastData):
             stats["target_scale"].append(t_scale[0])
         stats.update(
             features=list(self.features), target=self.target, horizon=self.horizon, scaler=self.scaler,
-            val_start=str(val.date()), test_start=str(test.date()),
+            val_start=val.isoformat(), test_start=test.isoformat(),
         )  # fmt: skip
         series, ticker = frame[f"f:{self.target}"].to_numpy(), frame["ticker"].to_numpy()
         targets = future(series, pd.factorize(ticker)[0], self.horizon)
@@ -302,12 +363,12 @@ class PriceDataModule(ForecastData):
         if self.train_start is not None:
             in_train &= first >= np.datetime64(self.train_start)
         stats["baselines"] = baselines.fit(series, ticker, targets, in_train, self.target)
-        # Leakage audit trail: first and last day each part of the pipeline covers (plain strings,
-        # in the checkpoint and the hparams). Splits add their target days in dataset().
-        stats["ranges"] = {"scaler": [str(d.date()) for d in (train["time"].min(), train["time"].max())]}
-        if in_train.any():  # the target days the baselines (training mean, HAR) were fitted on
+        # Leakage audit trail: first and last time each part of the pipeline covers (ISO strings,
+        # in the checkpoint and the hparams). Splits add their target times in dataset().
+        stats["ranges"] = {"scaler": [d.isoformat() for d in (train["time"].min(), train["time"].max())]}
+        if in_train.any():  # the target times the baselines (training mean, HAR) were fitted on
             days = (first[in_train].min(), last[in_train].max())
-            stats["ranges"]["baselines"] = [str(pd.Timestamp(d).date()) for d in days]
+            stats["ranges"]["baselines"] = [pd.Timestamp(d).isoformat() for d in days]
         return stats
 
     # ---------------------------------------------------------------- tensors
@@ -380,11 +441,11 @@ class PriceDataModule(ForecastData):
             ends = ends[torch.from_numpy(keep[ends.numpy()])]
             if len(ends):
                 days = (pd.Timestamp(first[ends.numpy()].min()), pd.Timestamp(last[ends.numpy()].max()))
-                self.stats.setdefault("ranges", {})[f"{stage}_targets"] = [str(d.date()) for d in days]
+                self.stats.setdefault("ranges", {})[f"{stage}_targets"] = [d.isoformat() for d in days]
             if len(ends) == 0:
                 raise ForecastingError(
-                    f"{self.path}: the {stage} split has no windows (split dates {self.stats['val_start']} / "
-                    f"{self.stats['test_start']}, window {self.window}); move data.val_start/data.test_start"
+                    f"{self.path}: the {stage} split has no windows (split times {stamp(self.stats['val_start'])} / "
+                    f"{stamp(self.stats['test_start'])}, window {self.window}); move data.val_start/data.test_start"
                 )
         dense = self.dense_targets and stage == "train"
         base = None if stage == "train" else base  # baselines are scored on val/test, not trained against
@@ -392,10 +453,13 @@ class PriceDataModule(ForecastData):
         return self._datasets[stage]
 
     def describe_rows(self, rows: torch.Tensor, stage: str = "predict") -> pd.DataFrame:
-        """Date and ticker of the window ending at each row index (for writing forecasts)."""
+        """Date (full timestamp for intraday data) and ticker of the window ending at each row index."""
         which = self.frame_key(stage)
+        times = self.frames[which]["time"]
+        intraday = bool((times != times.dt.normalize()).any())
         frame = self.frames[which].iloc[rows.numpy()]
-        return pd.DataFrame({"date": frame["time"].dt.date.to_numpy(), "ticker": frame["ticker"].to_numpy()})
+        dates = frame["time"] if intraday else frame["time"].dt.date
+        return pd.DataFrame({"date": dates.to_numpy(), "ticker": frame["ticker"].to_numpy()})
 
     # ---------------------------------------------------------------- checkpoint state
     def state_dict(self) -> dict:

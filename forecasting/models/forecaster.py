@@ -103,6 +103,14 @@ class Forecaster(L.LightningModule):
         self.automatic_optimization = tbptt_steps is None
         self._loss_sum, self._loss_n = 0.0, 0  # training loss since the last logged step
 
+    def metric_names(self) -> set[str]:
+        """Every name this module logs: monitors are checked against it before training (validation.py)."""
+        names = {"train/loss", "train/loss_step", "train/loss_epoch"}
+        for stage in ("val", "test"):
+            names |= {f"{stage}/{n}" for n in ["loss", *self.metrics[stage], *self.means[stage]]}
+            names |= {f"{stage}/skill_vs_{b}" for b in ("naive", "mean", "har")}
+        return names | {f"val/{n}" for n in ("best_lag", "best_lag_corr", "pred_std_ratio", "corr_with_last_input")}
+
     @property
     def dense(self) -> bool:
         """Whether training needs a target at every step (the CLI links this to data.dense_targets)."""
