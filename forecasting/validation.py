@@ -35,15 +35,16 @@ STRUCTURE = re.compile(
 def argument_error_line(message: str, subcommand: str | None) -> str:
     """jsonargparse's nested multi-line error -> 'key: what is wrong' plus a --help hint."""
     keys, detail, given = [], None, None
-    for raw in str(message).splitlines():
+    # A nested parser's error can start mid-line ("... a callable class: Parser key \"num_layers\":").
+    message = re.sub(r':\s*Parser key "', ':\nParser key "', str(message))
+    for raw in message.splitlines():
         line = raw.strip()
         if not line:
             continue
         key = re.match(r'^(?:- )?(?:error: )?Parser key "([^"]+)":?\s*(.*)$', line)
         if key:
             keys.append(key.group(1))
-            if key.group(2):
-                detail = key.group(2)
+            detail = key.group(2) or None  # the innermost key's reason is the one that matters
             continue
         if re.match(r"^(- )?Problem with given class_path", line):
             keys.append("init_args")

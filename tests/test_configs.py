@@ -10,7 +10,9 @@ from tests.conftest import ROOT
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 # An example builds on defaults.yaml (its first key); an overlay stacks on any example.
 EXAMPLES = [p.name for p in CONFIGS if "\nconfig: defaults.yaml" in "\n" + p.read_text()]
-OVERLAYS = [p.name for p in CONFIGS if p.name not in EXAMPLES and p.name not in ("defaults.yaml", "debug.yaml")]
+# Search spaces of `tune` (*_space.yaml) are not configs.
+OVERLAYS = [p.name for p in CONFIGS if p.name not in EXAMPLES and p.name not in ("defaults.yaml", "debug.yaml")
+            and not p.name.endswith("_space.yaml")]  # fmt: skip
 # Pairs that cannot work, and the key the one-line refusal must name.
 REFUSED = {("adding.yaml", "long_tbptt.yaml"): "window"}  # the adding problem has sequences, not windows
 MULTI_PROCESS = {"ddp_cpu.yaml", "multi_gpu.yaml"}  # trained by test_ddp.py in subprocesses

@@ -71,7 +71,7 @@ CONFIG_CASES = {
     "window not an int": (["--data.init_args.window", "1e9"], "data.init_args.window: Expected a <class 'int'>"),
     "unknown data key": (["--data.init_args.nokey", "3"], "Option 'nokey' is not accepted"),
     "unknown class": (["--data.class_path", "nowhere.Module"], "No module named 'nowhere'"),
-    "model key type": (["--model.hidden_size", "big"], "model.hidden_size: Expected a <class 'int'>"),
+    "model key type": (["--model.net.init_args.num_layers", "big"], "num_layers: Expected a <class 'int'>"),
     "negative max_epochs": (["--trainer.max_epochs", "-5"], "trainer.max_epochs: -5"),
     "bad precision": (["--trainer.precision", "7"], "trainer.precision: Expected a typing.Literal"),
     "bad strategy": (["--trainer.strategy", "warp_drive"], "trainer: "),
