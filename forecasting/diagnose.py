@@ -12,6 +12,7 @@ healthy cases); `run_diagnose` does the measuring.
 
 import copy
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -399,8 +400,12 @@ def run_diagnose(trainer: L.Trainer, model: L.LightningModule, dm: L.LightningDa
 
 
 def quiet_trainer(**kwargs) -> L.Trainer:
-    """A Trainer that writes nothing: diagnose measures, the report is its only output."""
+    """A Trainer that writes nothing: diagnose measures, the report is its only output. Its root
+    dir is a fresh temporary folder (lr_find's own `.lr_find_*.ckpt` goes there, not into the
+    working directory), and runs are bounded by steps (max_epochs -1: no "max_epochs not set")."""
     settings = dict(
+        default_root_dir=tempfile.mkdtemp(prefix="forecasting-diagnose-"),
+        max_epochs=-1,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,

@@ -20,13 +20,13 @@ class SeedLSTM(nn.Module):
     def __init__(self, n_features: int, n_outputs: int, sizes: list[int] = (16, 8)):
         super().__init__()
         sizes = [n_features, *sizes]
-        self.layers = nn.ModuleList(nn.LSTM(a, b, batch_first=True) for a, b in zip(sizes, sizes[1:]))
+        self.layers = nn.ModuleList(nn.LSTM(a, b, batch_first=True) for a, b in zip(sizes, sizes[1:], strict=False))
         self.out = nn.Linear(sizes[-1], n_outputs)
 
     def forward(self, x, state=None):
         state = state or [None] * len(self.layers)
         new = []
-        for layer, s in zip(self.layers, state):
+        for layer, s in zip(self.layers, state, strict=True):
             x, s = layer(x, s)
             new.append(list(s))  # a list of lists: the template must not care
         return self.out(x), new

@@ -4,7 +4,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from forecasting.cli import main
-from tests.conftest import ROOT
+
 
 def test_fit_writes_logs_config_checkpoint_and_predict_writes_forecasts(cli_args, tmp_path, prices):
     main(cli_args("fit"))

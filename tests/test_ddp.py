@@ -26,11 +26,11 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.utils.data import DataLoader, DistributedSampler
 
 from forecasting.callbacks.prediction_writer import PredictionWriter
-from forecasting.data.datamodule import PriceDataModule
 from forecasting.data.base import keep_batch
+from forecasting.data.datamodule import PriceDataModule
 from forecasting.models.forecaster import Forecaster
-from tests.nets import lstm
 from tests.conftest import ROOT, dm_kwargs, make_prices
+from tests.nets import lstm
 
 SEED, B = 7, 8  # B: batch size PER RANK; the single-process reference uses 2 * B
 

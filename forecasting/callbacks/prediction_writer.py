@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import pandas as pd
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info

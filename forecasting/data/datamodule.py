@@ -21,6 +21,7 @@ from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 
 from forecasting import baselines
 from forecasting.data import features as F
+from forecasting.data.base import ForecastData
 from forecasting.data.io import (
     BAD_VALUE_POLICIES,
     MISSING_POLICIES,
@@ -30,7 +31,6 @@ from forecasting.data.io import (
     stamp,
     where,
 )  # fmt: skip
-from forecasting.data.base import ForecastData
 from forecasting.data.windows import WindowDataset, valid_ends
 from forecasting.errors import ForecastingError
 

@@ -47,7 +47,7 @@ class StackedRNN(nn.Module):
         self.cell = cell
         # One single-layer module per entry: each layer its own size, named layers.0, layers.1, ...
         self.layers = nn.ModuleList(
-            CELLS[cell](size_in, size, batch_first=True) for size_in, size in zip([n_features, *sizes], sizes)
+            CELLS[cell](size_in, size, batch_first=True) for size_in, size in zip([n_features, *sizes], sizes, strict=False)
         )
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(sizes[-1], n_outputs)
