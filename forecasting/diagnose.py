@@ -10,7 +10,9 @@ Each check is a small function of measured numbers (tests feed them broken and
 healthy cases); `run_diagnose` does the measuring.
 """
 
+import contextlib
 import copy
+import logging
 import math
 import tempfile
 from dataclasses import dataclass
@@ -361,9 +363,10 @@ def run_diagnose(trainer: L.Trainer, model: L.LightningModule, dm: L.LightningDa
     if lr_find:
         probe = copy.deepcopy(model)
         probe.hparams.tbptt_steps, probe.automatic_optimization, probe.lr_scheduler = None, True, None
-        finder = Tuner(quiet_trainer()).lr_find(
-            probe, datamodule=dm, min_lr=1e-6, max_lr=1.0, num_training=100, update_attr=False
-        )
+        with own_checkpoint_restore():
+            finder = Tuner(quiet_trainer()).lr_find(
+                probe, datamodule=dm, min_lr=1e-6, max_lr=1.0, num_training=100, update_attr=False
+            )
         suggested = suggested_lr(finder)[0] if finder is not None else None
 
     recorder = Recorder()
@@ -397,6 +400,20 @@ def run_diagnose(trainer: L.Trainer, model: L.LightningModule, dm: L.LightningDa
     checks["target"] = check_target(getattr(dm, "target", None) if hasattr(dm, "stats") else None)
     order = ("overfit", "exploding", "vanishing", "init", "scaling", "lr", "length", "baselines", "target", "copying")
     return [checks[k] for k in order if k in checks], stats.get("ranges")
+
+
+@contextlib.contextmanager
+def own_checkpoint_restore():
+    """lr_find restores the temporary checkpoint it has just written itself, and Lightning logs
+    "`weights_only` was not set" at INFO for it: nothing a user loaded, so that one logger is
+    raised to WARNING while the sweep runs."""
+    log = logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector")
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def quiet_trainer(**kwargs) -> L.Trainer:

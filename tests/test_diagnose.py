@@ -158,3 +158,16 @@ def test_diagnose_flags_a_price_level_target_end_to_end(cli_args, tmp_path, caps
     out = capsys.readouterr().out
     assert "[FAIL] 8. target choice: target 'close' is a price level" in out
     assert "lr_find suggests" in out
+
+
+def test_diagnose_prints_a_report_without_avoidable_warnings(cli_args, tmp_path, monkeypatch, capsys, caplog, recwarn):
+    from forecasting.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("INFO"):
+        main(cli_args("diagnose", "configs/volatility.yaml", "--steps", "20"))
+    assert "PASS" in capsys.readouterr().out
+    noise = ("weights_only", "max_epochs", "requires_grad=True to a scalar")
+    assert not [r.getMessage() for r in caplog.records if any(n in r.getMessage() for n in noise)]
+    assert not [str(w.message) for w in recwarn if any(n in str(w.message) for n in noise)]
+    assert not list(tmp_path.glob(".lr_find*"))  # lr_find's temporary checkpoint is not left in the cwd
