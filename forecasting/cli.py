@@ -80,12 +80,12 @@ class ForecastingCLI(LightningCLI):
         # Config checks run here, the first hook after parsing (before Lightning prints anything).
         check_clipping(config)
         validation.check_config(subcommand, config)
-        build_data(config)
+        dm = build_data(config)
         validation.resolve_ckpt_path(subcommand, config)
         if config.get("ckpt_path") not in (None, "last", "best"):
             data = config.data.get("init_args") if config.get("data") else None
             data = data.as_dict() if data else None
-            model = {**config.model.as_dict(), **linked_sizes(config)}
+            model = {**config.model.as_dict(), **linked_sizes(dm)}
             ckpt = check_checkpoint(config.ckpt_path, data, model)
             validation.compare_data(config.ckpt_path, ckpt, data, subcommand)
             if subcommand == "fit":
@@ -122,9 +122,8 @@ def build_data(config):
     return dm
 
 
-def linked_sizes(config) -> dict:
+def linked_sizes(data) -> dict:
     """The model sizes the CLI links from the data module at instantiation (not yet in the config)."""
-    data = build_data(config)
     names = ("n_features", "horizon", "target_kind")
     return {k: getattr(data, k) for k in names if data is not None and hasattr(data, k)}
 
