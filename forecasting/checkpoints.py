@@ -3,6 +3,8 @@
 - `AtomicCheckpointIO` writes each checkpoint to a temporary file beside it and
   renames it into place, so a run killed while saving leaves the previous
   `last.ckpt` intact (Lightning's own writer truncates the file first).
+- `Checkpoints` (the `checkpoint` key) is Lightning's ModelCheckpoint with a `last.ckpt` that
+  is always the latest state and never serialised twice: see its docstring.
 - `check_checkpoint` opens a checkpoint with `torch.load(weights_only=True)`
   before a run uses it: a file whose pickle could run code is refused, and a
   checkpoint trained with other features, target, horizon or network shape is
@@ -12,11 +14,13 @@
 import hashlib
 import os
 import pickle
+import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from forecasting.errors import ForecastingError
 
@@ -67,6 +71,68 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+class Checkpoints(ModelCheckpoint):
+    """ModelCheckpoint whose `last.ckpt` is the state after the latest validation (or epoch), which
+    `fit --ckpt_path last` resumes from, at the cost of one serialisation per save point.
+
+    Lightning 2.6 writes last.ckpt only at a step where it also wrote a top-k file, so after the
+    best epoch it stops moving and a resume silently repeats every epoch since; when it does write
+    both, it serialises the same state twice. Here last.ckpt is written at every save point, and
+    when a top-k file was written at the same step it becomes a hard link to that file (linked
+    under a temporary name and renamed over, so a kill never leaves a half-written last.ckpt). A
+    later save replaces last.ckpt with a new file; the top-k file keeps its own contents.
+    (Private Lightning attributes used: `_last_global_step_saved`, `_last_checkpoint_saved`;
+    tests/test_checkpoints.py pins the behaviour.)"""
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_behind(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_behind(trainer)
+
+    def _save_last_if_behind(self, trainer) -> None:
+        # Skipped when something was saved at this step already (then last.ckpt was too).
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def _last_path(self, trainer, monitor_candidates) -> str:
+        path = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
+        version = self.STARTING_VERSION  # last-v1.ckpt beside another run's last.ckpt, as Lightning names it
+        while self._enable_version_counter and self.file_exists(path, trainer) and path != self.last_model_path:
+            path = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST, ver=version)
+            version += 1
+        return path
+
+    def _save_topk_checkpoint(self, trainer, monitor_candidates) -> None:
+        # last.ckpt is written at this step whatever happens: record its path before a top-k file is
+        # written, so that file's state (which last.ckpt may become) already names it.
+        if self.save_last is True:
+            self.last_model_path = self._last_path(trainer, monitor_candidates)
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
+        just_saved = self._last_checkpoint_saved if self._last_global_step_saved == trainer.global_step else None
+        if self.save_last is not True or not just_saved:
+            return super()._save_last_checkpoint(trainer, monitor_candidates)
+        path = self._last_path(trainer, monitor_candidates)
+        previous, self.last_model_path = self.last_model_path, path
+        if trainer.is_global_zero:
+            tmp = Path(path).with_name(f".{Path(path).name}.{os.getpid()}.link.tmp")
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(just_saved, tmp)
+            except OSError:  # no hard links on this filesystem: copy the bytes (still no second serialisation)
+                shutil.copyfile(just_saved, tmp)
+            os.replace(tmp, path)
+        trainer.strategy.barrier()
+        if previous and self._should_remove_checkpoint(trainer, previous, path):
+            self._remove_checkpoint(trainer, previous)
 
 
 def flatten(tree: dict, prefix: str = ""):

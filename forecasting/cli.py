@@ -14,13 +14,13 @@ import sys
 
 import lightning as L
 from jsonargparse import ArgumentError
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from forecasting import validation
 from forecasting.callbacks.prediction_writer import PredictionWriter
 from forecasting.callbacks.summary import RunSummary
-from forecasting.checkpoints import check_checkpoint
+from forecasting.checkpoints import Checkpoints, check_checkpoint
 from forecasting.data import base
 from forecasting.errors import ForecastingError
 from forecasting.models.forecaster import Forecaster
@@ -44,7 +44,7 @@ class ForecastingCLI(LightningCLI):
             "data.init_args.dense_targets",
             compute_fn=lambda dense_loss, tbptt_steps: dense_loss or tbptt_steps is not None,
         )
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(Checkpoints, "checkpoint")  # last.ckpt: the latest state, one write
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")

@@ -10,6 +10,7 @@ that name, so each extra subcommand is a method here (registered in cli.py):
 from pathlib import Path
 
 import lightning as L
+import torch.utils.deterministic
 from lightning.pytorch.tuner import Tuner
 
 from forecasting.callbacks.common import tensorboard
@@ -17,6 +18,15 @@ from forecasting.diagnose import report, run_diagnose, suggested_lr
 
 
 class ForecastingTrainer(L.Trainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # `deterministic: true` (torch.use_deterministic_algorithms) also fills every new
+        # uninitialised tensor with NaN, a debugging aid that made each LSTM forward ~60% slower on
+        # CPU (BENCHMARKS.md). Kernel choice stays deterministic without it; only code that reads
+        # memory it never wrote would differ, and the NaN guard catches what that produces.
+        if torch.are_deterministic_algorithms_enabled():
+            torch.utils.deterministic.fill_uninitialized_memory = False
+
     def lr_find(
         self,
         model: L.LightningModule,

@@ -111,11 +111,11 @@ def newest_last(config) -> Path | None:
 
 
 def best_of(last: Path) -> Path | None:
-    """The best checkpoint ModelCheckpoint recorded in a run's last.ckpt."""
+    """The best checkpoint the checkpoint callback recorded in a run's last.ckpt."""
     try:
         ckpt = torch.load(last, map_location="cpu", weights_only=True)
         for key, state in ckpt.get("callbacks", {}).items():
-            if "ModelCheckpoint" in str(key) and state.get("best_model_path"):
+            if "Checkpoint" in str(key) and state.get("best_model_path"):  # ModelCheckpoint or ours
                 return Path(state["best_model_path"])
     except Exception:  # an unreadable last.ckpt: check_checkpoint says why when it is used
         return None

@@ -102,3 +102,33 @@ def test_killed_mid_epoch_resumes_and_finishes(cli_args, tmp_path):
     finish = str(killed["epoch"] + 2)
     cli = main(args + ["--trainer.max_epochs", finish, "--ckpt_path", "last"])
     assert cli.trainer.global_step > killed["global_step"] and cli.trainer.current_epoch == int(finish)
+
+
+def test_last_ckpt_is_the_latest_state_and_never_serialised_twice(cli_args, tmp_path, monkeypatch):
+    """Lightning alone writes last.ckpt only when a top-k file is written at the same step (so it
+    stops at the best epoch), and serialises that state twice; Checkpoints links it instead."""
+    writes = []
+    save = AtomicCheckpointIO.save_checkpoint
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", lambda self, c, p, storage_options=None: (writes.append(p), save(self, c, p, storage_options)))
+    run_dir = tmp_path / "logs" / "volatility"
+
+    def fit(mode):
+        main(cli_args("fit", "configs/volatility.yaml", "--trainer.max_epochs", "3", "--checkpoint.mode", mode))
+        ckpts = sorted(run_dir.glob("version_*"))[-1] / "checkpoints"
+        best = next(p for p in ckpts.glob("epoch*.ckpt"))
+        return ckpts / "last.ckpt", best
+
+    # mode max: the top-k file keeps the first epoch (val/loss falls), last.ckpt must still move on
+    last, best = fit("max")
+    assert torch.load(best, weights_only=True)["epoch"] == 0, "scenario changed: val/loss no longer falls"
+    assert torch.load(last, weights_only=True)["epoch"] == 2
+    assert os.stat(last).st_ino != os.stat(best).st_ino
+    assert len(writes) == 3  # epoch 0: top-k (last linked); epochs 1, 2: last.ckpt alone
+
+    # mode min: every epoch improves, each is written once and last.ckpt is the same file
+    writes.clear()
+    last, best = fit("min")
+    assert torch.load(best, weights_only=True)["epoch"] == 2
+    assert os.stat(last).st_ino == os.stat(best).st_ino
+    assert len(writes) == 3 and all("last" not in str(p) for p in writes)
+    assert not list(last.parent.glob(".*tmp"))  # no temporary link left behind
