@@ -28,6 +28,15 @@ from forecasting.trainer import ForecastingTrainer
 
 
 class ForecastingCLI(LightningCLI):
+    def __init__(self, *args, only: str | None = None, **kwargs) -> None:
+        # A run uses one subcommand, yet LightningCLI builds a parser for every one (each walks
+        # the Trainer's, model's and callbacks' signatures): building only the requested one
+        # saves a noticeable part of every process's start-up (BENCHMARKS.md, whole runs).
+        if only is not None:
+            every = type(self).subcommands()
+            self.subcommands = lambda: {only: every[only]}
+        super().__init__(*args, **kwargs)
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         # Extra subcommands: Trainer methods of the same name (trainer.py); these are the
@@ -164,7 +173,9 @@ def build(args: list[str] | None = None, run: bool = True, cli_class=Forecasting
     """The CLI without main()'s error handling: a ForecastingError propagates (tune.py runs trials with it)."""
     # Parse errors raise (not print ~100 usage lines): main prints the one line that matters.
     strict = {"exit_on_error": False}
-    kwargs.setdefault("parser_kwargs", {**strict, **{name: dict(strict) for name in ForecastingCLI.subcommands()}})
+    only = requested_subcommand(args) if run else None
+    names = [only] if only else ForecastingCLI.subcommands()
+    kwargs.setdefault("parser_kwargs", {**strict, **{name: dict(strict) for name in names}})
     return cli_class(
         Forecaster,
         L.LightningDataModule,  # any data module: configs pick one by class_path
@@ -174,8 +185,23 @@ def build(args: list[str] | None = None, run: bool = True, cli_class=Forecasting
         save_config_kwargs={"overwrite": True},  # re-running into the same version dir is fine
         args=args,
         run=run,
+        only=only,
         **kwargs,
     )
+
+
+def requested_subcommand(args: list[str] | None) -> str | None:
+    """The subcommand a command line names: the first word after the top-level options
+    (`-c/--config FILE`, `--print_config[=flags]`); None when that is not a subcommand, so an
+    unknown or missing one still gets the full parser and its list of choices."""
+    argv = list(sys.argv[1:] if args is None else args)
+    while argv:
+        word = argv.pop(0)
+        if word in ("-c", "--config"):
+            argv = argv[1:]
+        elif not (word.startswith("--config=") or word.startswith("--print_config")):
+            return word if word in ForecastingCLI.subcommands() else None
+    return None
 
 
 def main(args: list[str] | None = None, run: bool = True) -> ForecastingCLI:

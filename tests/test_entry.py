@@ -22,3 +22,14 @@ def test_top_level_help_imports_neither_torch_nor_lightning():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert "usage: python -m forecasting" in out and "diagnose" in out
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_a_run_builds_the_parser_of_its_own_subcommand_only(cli_args):
+    from forecasting.cli import main, requested_subcommand
+
+    assert requested_subcommand(["--config", "fit", "validate", "--ckpt_path", "x"]) == "validate"
+    assert requested_subcommand(["-c", "a.yaml", "--print_config", "test"]) == "test"
+    assert requested_subcommand(["--config=a.yaml", "fitt"]) is None  # unknown: full parser, list of choices
+    cli = main(cli_args("fit", "configs/volatility.yaml", "--trainer.fast_dev_run", "1"))
+    assert list(cli.parser._subcommands_action.choices) == ["fit"]
+    assert cli.trainer.state.finished
