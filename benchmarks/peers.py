@@ -3,8 +3,8 @@ horizon, network size, batch size and epochs; training windows per second and te
 
     python -m venv /tmp/peers && /tmp/peers/bin/pip install torch==2.13.0      # CPU torch first
     /tmp/peers/bin/pip install neuralforecast darts && /tmp/peers/bin/pip install -e .
-    /tmp/peers/bin/python benchmarks/peers.py                  # about 3 minutes on 2 cores
-    /tmp/peers/bin/python benchmarks/peers.py --epochs 20 --repeats 2
+    /tmp/peers/bin/python benchmarks/peers.py                  # about 15 minutes on 2 cores
+    /tmp/peers/bin/python benchmarks/peers.py --epochs 20 --repeats 5
 
 (The peers stay out of the template's environment: they pin their own lightning, ray, numba, ...)
 
@@ -20,6 +20,14 @@ checkpoint selection, for all).
 Throughput is training windows per second of the training loop (from `on_train_start` to
 `on_train_end` of each library's Lightning Trainer: batches, optimiser steps and the per-epoch
 validation each library runs; not the data preparation before it).
+
+Fairness: all libraries share one process, so first-use costs (lazy imports, kernel selection,
+allocator growth) would land on whichever runs first. Each library first runs a one-epoch warm-up
+that is not timed; then every repeat runs all of them in an order rotated by one place (each
+library goes first once every `len(libraries)` repeats). The table gives the median windows/s over
+the repeats with min-max, the median of the per-repeat ratios to the template, and each library's
+test MAE (median over repeats; the runs are seeded, so the spread is the non-determinism of
+the kernels).
 """
 
 import argparse
@@ -27,6 +35,7 @@ import contextlib
 import copy
 import logging
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -239,7 +248,7 @@ def run_darts(data: Data, kind: str) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=1, help="alternating runs of every library; best time kept")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of every library, order rotated each time")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     args = parser.parse_args()
     versions = [] if PEERS_MISSING else [f"neuralforecast {neuralforecast.__version__}", f"darts {darts.__version__}"]
@@ -261,22 +270,34 @@ if __name__ == "__main__":
     }
     if PEERS_MISSING:
         runners = {k: v for k, v in runners.items() if k.startswith("template")}
+    names = list(runners)
     results: dict[str, list[dict]] = {name: [] for name in runners}
     with tempfile.TemporaryDirectory() as tmp:
         data = Data(tmp, args.epochs)
-        for _ in range(args.repeats):
-            for name, run in runners.items():
-                results[name].append(run(copy.copy(data)))
-                print(f"#   {name}: {results[name][-1]['seconds']:.1f} s", flush=True)
+        warm = copy.copy(data)
+        warm.epochs = 1
+        for name in names:  # first-use costs, untimed
+            runners[name](copy.copy(warm))
+            print(f"#   warm-up {name} done", flush=True)
+        for r in range(args.repeats):
+            order = names[r % len(names):] + names[: r % len(names)]
+            for name in order:
+                results[name].append(runners[name](copy.copy(data)))
+                print(f"#   repeat {r + 1}: {name}: {results[name][-1]['seconds']:.1f} s", flush=True)
 
     print(f"\n{args.epochs} epochs, window {WINDOW}, horizon 1, {LAYERS} x {HIDDEN} LSTM, batch {BATCH}, "
-          f"AdamW lr {LR:g}, clip norm {CLIP:g}; {data.n_train} training windows; "
-          f"best of {args.repeats}\n")  # fmt: skip
-    print("| library | training windows/s | vs template | test MAE (log variance) | test targets |")
+          f"AdamW lr {LR:g}, clip norm {CLIP:g}; {data.n_train} training windows; one untimed warm-up per "
+          f"library, then {args.repeats} repeats in rotated order: median (min-max)\n")  # fmt: skip
+    print("| library | training windows/s | vs template (median of paired ratios) | test MAE (log variance) "
+          "| test targets |")
     print("|:--|--:|--:|--:|--:|")
-    base = max(r["windows"] / r["seconds"] for r in results["template (forecasting)"])
+    speeds = {name: [r["windows"] / r["seconds"] for r in runs] for name, runs in results.items()}
+    base = speeds["template (forecasting)"]
     for name, runs in results.items():
-        speed = max(r["windows"] / r["seconds"] for r in runs)
-        mae, n = data.mae(runs[-1]["forecasts"])
-        print(f"| {name} | {speed:.0f} | {speed / base:.2f} | {mae:.4f} | {n} |")
+        s = speeds[name]
+        ratio = statistics.median(a / b for a, b in zip(s, base, strict=True))
+        maes = [data.mae(run["forecasts"]) for run in runs]
+        mae = statistics.median(m for m, _ in maes)
+        print(f"| {name} | {statistics.median(s):.0f} ({min(s):.0f}-{max(s):.0f}) | {ratio:.2f} | {mae:.4f} "
+              f"| {maes[0][1]} |")
     print(f"\n{NOTES}\n\n# load average at the end {os.getloadavg()[0]:.1f}")
