@@ -27,6 +27,7 @@ import time
 T0 = time.perf_counter()
 import argparse  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -102,7 +103,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--data", default="data/stocks.csv")
-    parser.add_argument("--out", default="plain_best.pt", help="where the best weights are saved")
+    parser.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "plain_best.pt"), help="best weights")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--import-times", action="store_true", help="print the import and set-up times")
     args = parser.parse_args(argv)
