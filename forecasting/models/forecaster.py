@@ -266,8 +266,10 @@ class Forecaster(L.LightningModule):
             self.step_scheduler()
         return loss
 
-    def _stream_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        """Stream mode: the next chunk of every lane, its state carried from the previous batch."""
+    def stream_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stream mode's forward: (loss, number of scored steps) of the next chunk of every lane,
+        each lane's state carried over from the previous batch (detached: no gradient reaches an
+        earlier batch) and zeroed where `reset` says a stream starts."""
         state, reset = self._carry, batch["reset"]
         if state is not None and bool(reset.all()):
             state = None  # every lane starts afresh: the network's own initial state
@@ -279,10 +281,15 @@ class Forecaster(L.LightningModule):
         self._carry = contract.detach(state)
         scored = batch["pos"] >= self.hparams.burn_in  # after the burn-in at each stream's start only
         n = scored.sum()
+        loss = self.loss_fn(out[scored], batch["y"][scored]) if n > 0 else out.sum() * 0.0
+        return loss, n
+
+    def _stream_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """Stream mode: one optimiser step per batch (one chunk of k steps of every lane)."""
+        loss, n = self.stream_loss(batch)
         # Under DDP every rank must run backward (gradients are averaged across ranks) and step or
         # skip together, so the count that decides is the sum over ranks.
         total = self.trainer.strategy.reduce(n.float(), reduce_op="sum") if self.trainer.world_size > 1 else n
-        loss = self.loss_fn(out[scored], batch["y"][scored]) if n > 0 else out.sum() * 0.0
         if total > 0:
             optimizer = self.optimizers()
             optimizer.zero_grad()
@@ -308,7 +315,8 @@ class Forecaster(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("stream_state")
         self._carry = None
-        if saved is not None and self.trainer is not None and self.trainer.state.fn.value == "fit":
+        trainer = self._trainer  # None when loaded outside a Trainer (load_from_checkpoint, streaming.py)
+        if saved is not None and trainer is not None and trainer.state.fn.value == "fit":
             carry, world = saved["state"], saved["world"]
             if world > 1:  # this rank's share; with another world size the lanes differ: start afresh
                 same = world == self.trainer.world_size
