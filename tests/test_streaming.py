@@ -36,7 +36,8 @@ def stream_predictions(path, prices_csv) -> dict:
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False)
     (out,) = trainer.predict(m, datamodule=dm)  # both tickers in one batch: one walk each
     where = dm.describe_rows(out["row"])
-    return {(t, str(d)): float(f) for t, d, f in zip(where["ticker"], where["date"], out["forecast"][:, 0])}
+    forecasts = out["forecast"][:, 0].tolist()
+    return {(t, str(d)): f for t, d, f in zip(where["ticker"], where["date"], forecasts, strict=True)}
 
 
 def test_update_one_day_at_a_time_equals_one_call_over_the_history(checkpoint, prices, prices_csv):
