@@ -2,11 +2,12 @@
 boundaries, forecasts equal to one call over the whole history, resume mid-epoch, errors."""
 
 import copy
+import json
 
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from forecasting.data.datamodule import PriceDataModule
@@ -196,3 +197,57 @@ def test_bad_mode_is_one_line(prices_csv, kw, words):
     with pytest.raises(ForecastingError) as err:
         PriceDataModule(**dm_kwargs(prices_csv, **kw))
     assert all(w in str(err.value) for w in words) and "\n" not in str(err.value)
+
+
+class LanesSeen(Callback):
+    """Each rank writes, per batch, the last row of each of its lanes, its state's lane count and
+    its final weights to <out>/stream_rank<r>.json."""
+
+    def __init__(self, out):
+        self.out, self.rows, self.lanes = out, [], set()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.rows.append(batch["row"].tolist())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.lanes.add(int(pl_module._carry[0][0].shape[1]))  # StackedRNN: [(h, c) per layer], (1, B, H)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        weight = float(pl_module.net.layers[0].weight_hh_l0.sum())
+        record = {"rows": self.rows, "lanes": sorted(self.lanes), "steps": trainer.global_step, "weight": weight}
+        (self.out / f"stream_rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread per DDP rank (see tests/test_ddp.py: two spin-waiting OpenMP threads per rank
+    on a busy 2-core machine made a 0.2 s fit take 12 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_ddp_shards_lanes_and_keeps_state_per_rank(prices_csv, tmp_path, one_thread):
+    from tests.test_ddp import fork
+    from tests.test_ddp import trainer as ddp_trainer
+
+    L.seed_everything(7)  # the layout's seed (PL_GLOBAL_SEED), in every rank
+    dm = stream_dm(prices_csv, 8, batch_size=4)
+    layout = dm.dataset("train")
+    expected = [sorted(layout.batch(s)["row"].tolist()) for s in range(len(layout))]
+    m = model(tbptt_steps=8)
+    ddp = ddp_trainer(devices=2, strategy=fork(), callbacks=[LanesSeen(tmp_path)])
+    ddp.fit(m, datamodule=stream_dm(prices_csv, 8, batch_size=4))
+    ranks = [json.loads((tmp_path / f"stream_rank{r}.json").read_text()) for r in range(2)]
+    assert [r["lanes"] for r in ranks] == [[2], [2]]  # each rank carries the state of its own 2 lanes
+    assert ranks[0]["steps"] == ranks[1]["steps"] > 0 and len(ranks[0]["rows"]) == len(expected)
+    for step, want in enumerate(expected):  # together the ranks hold exactly the one-process lanes
+        assert sorted(ranks[0]["rows"][step] + ranks[1]["rows"][step]) == want
+        assert not set(ranks[0]["rows"][step]) & set(ranks[1]["rows"][step]) - {-1}
+    assert ranks[0]["weight"] == pytest.approx(ranks[1]["weight"], abs=1e-6)  # gradients synced
+    # validation: each series on one rank, the loss reduced over both = one process's
+    val = float(ddp.callback_metrics["val/loss"])
+    one = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    (result,) = one.validate(m, datamodule=stream_dm(prices_csv, 8, batch_size=4), verbose=False)
+    assert result["val/loss"] == pytest.approx(val, rel=1e-5)
