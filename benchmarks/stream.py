@@ -41,13 +41,19 @@ class Timeline(Callback):
         self.start, self.points, self.epochs, self.steps = time.perf_counter(), [], [], []
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self._epoch, self._step = time.perf_counter(), trainer.global_step
+        self._epoch, self._step, self._val = time.perf_counter(), trainer.global_step, 0.0
+
+    def on_validation_start(self, trainer, pl_module):
+        self._val_start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module):
-        self.epochs.append(time.perf_counter() - self._epoch)
+        # Lightning validates inside the epoch (before this hook): its time is taken out.
+        self.epochs.append(time.perf_counter() - self._epoch - self._val)
         self.steps.append(trainer.global_step - self._step)
 
     def on_validation_end(self, trainer, pl_module):
+        if hasattr(self, "_epoch"):
+            self._val += time.perf_counter() - self._val_start
         m = trainer.callback_metrics
         if trainer.sanity_checking or "val/mse_orig" not in m:
             return

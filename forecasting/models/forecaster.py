@@ -325,6 +325,8 @@ class Forecaster(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         if "reset" in batch:
+            if self.automatic_optimization:  # lr_find sweeps in automatic mode: Lightning steps
+                return self.stream_loss(batch)[0]
             return self._stream_step(batch, batch_idx)
         if self.hparams.tbptt_steps is None:
             return self._step(batch, "train", batch_idx)
