@@ -13,7 +13,9 @@ checkpoint, scored once after training. Modes:
     windowed_tbptt  + configs/long_tbptt.yaml (256-day windows, chunks of 32)
     stream_k16/32/64  + configs/stream.yaml with model.tbptt_steps 16 / 32 / 64
 
-`--max-minutes` caps each fit (trainer.max_time); `--epochs` overrides trainer.max_epochs.
+`--max-minutes` caps each fit (trainer.max_time); `--epochs` overrides trainer.max_epochs;
+`--seed` (repeatable) sets seed_everything (default 42, the configs' own). Wall-clock columns
+depend on the machine and its load; the epochs and steps to HAR do not.
 """
 
 import argparse
@@ -57,26 +59,29 @@ class Timeline(Callback):
         m = trainer.callback_metrics
         if trainer.sanity_checking or "val/mse_orig" not in m:
             return
-        point = (time.perf_counter() - self.start, float(m["val/mse_orig"]), float(m["val/baseline_mse_har"]))
-        self.points.append(point)
+        mse, har = float(m["val/mse_orig"]), float(m["val/baseline_mse_har"])
+        self.points.append((time.perf_counter() - self.start, mse, har, trainer.current_epoch + 1, trainer.global_step))
 
 
-def run(name: str, extra: list[str]) -> dict:
+def run(name: str, seed: int, extra: list[str]) -> dict:
     args = [*MODES[name], "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.name",
-            f"bench_{name}", *extra]  # fmt: skip
+            f"bench_{name}", "--seed_everything", str(seed), *extra]  # fmt: skip
     cli = main(args, run=False)
     timeline = Timeline()
     cli.trainer.callbacks.append(timeline)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     test = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
-    reached = next((t for t, mse, har in timeline.points if mse <= har), None)
+    reached = next((p for p in timeline.points if p[1] <= p[2]), None)
     return {
         "mode": name,
+        "seed": seed,
         "epochs": len(timeline.epochs),
         "s_per_epoch": sum(timeline.epochs) / max(1, len(timeline.epochs)),
         "steps_per_epoch": timeline.steps[0] if timeline.steps else 0,
-        "s_to_har": reached,
-        "best_val_mse": min(mse for _, mse, _ in timeline.points),
+        "s_to_har": reached and reached[0],
+        "epochs_to_har": reached and reached[3],
+        "steps_to_har": reached and reached[4],
+        "best_val_mse": min(p[1] for p in timeline.points),
         "har_val_mse": timeline.points[0][2],
         "test_mse": float(test["test/mse_orig"]),
         "har_test_mse": float(test["test/baseline_mse_har"]),
@@ -86,13 +91,17 @@ def run(name: str, extra: list[str]) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| mode | epochs | s/epoch | steps/epoch | s to HAR val MSE | best val MSE | test MSE | fit s |",
-        "|:--|--:|--:|--:|--:|--:|--:|--:|",
+        "| mode | seed | epochs | s/epoch | steps/epoch | to HAR val MSE: s | epochs | steps "
+        "| best val MSE | test MSE | fit s |",
+        "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in rows:
-        har = "not reached" if r["s_to_har"] is None else f"{r['s_to_har']:.0f}"
+        if r["s_to_har"] is None:
+            har = "not reached | | "
+        else:
+            har = f"{r['s_to_har']:.1f} | {r['epochs_to_har']} | {r['steps_to_har']}"
         lines.append(
-            f"| {r['mode']} | {r['epochs']} | {r['s_per_epoch']:.2f} | {r['steps_per_epoch']} | {har} | "
+            f"| {r['mode']} | {r['seed']} | {r['epochs']} | {r['s_per_epoch']:.2f} | {r['steps_per_epoch']} | {har} | "
             f"{r['best_val_mse']:.4f} | {r['test_mse']:.4f} | {r['fit_s']:.0f} |"
         )
     lines.append(f"\nHAR: val MSE {rows[0]['har_val_mse']:.4f}, test MSE {rows[0]['har_test_mse']:.4f}")
@@ -106,6 +115,7 @@ if __name__ == "__main__":
     parser.add_argument("--table", action="store_true", help="only print the table of --results")
     parser.add_argument("--max-minutes", type=float, default=None)
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--seed", type=int, action="append", help="seed_everything; repeat for several runs")
     args = parser.parse_args()
     begin()
     quiet()
@@ -115,11 +125,12 @@ if __name__ == "__main__":
         extra = [] if args.epochs is None else ["--trainer.max_epochs", str(args.epochs)]
         if args.max_minutes:
             extra += ["--trainer.max_time", f"00:00:{int(args.max_minutes):02d}:{int(args.max_minutes % 1 * 60):02d}"]
-        for name in args.only.split(",") if args.only else MODES:
-            result = run(name, extra)
-            print(json.dumps(result))
-            done = [r for r in done if r["mode"] != name] + [result]
-            if path:
-                path.write_text(json.dumps(done, indent=1))
+        for seed in args.seed or [42]:
+            for name in args.only.split(",") if args.only else MODES:
+                result = run(name, seed, extra)
+                print(json.dumps(result))
+                done = [r for r in done if (r["mode"], r["seed"]) != (name, seed)] + [result]
+                if path:
+                    path.write_text(json.dumps(done, indent=1))
     order = list(MODES)
-    print(table(sorted(done, key=lambda r: order.index(r["mode"]))))
+    print(table(sorted(done, key=lambda r: (order.index(r["mode"]), r["seed"]))))
