@@ -463,13 +463,14 @@ class PriceDataModule(ForecastData):
                 )
         base = None if stage == "train" else base  # baselines are scored on val/test, not trained against
         if self.mode == "stream":
-            self._datasets[stage] = self.stream_dataset(stage, x, y, t_loc, t_scale, series, ends, base, keep)
+            data = (x, y, t_loc, t_scale, series, ends, base)
+            self._datasets[stage] = self.stream_dataset(stage, *data, keep, first, last)
             return self._datasets[stage]
         dense = self.dense_targets and stage == "train"
         self._datasets[stage] = WindowDataset(x, y, t_loc, t_scale, ends, self.window, dense=dense, baselines=base)
         return self._datasets[stage]
 
-    def stream_dataset(self, stage, x, y, t_loc, t_scale, series, ends, base, keep):
+    def stream_dataset(self, stage, x, y, t_loc, t_scale, series, ends, base, keep, first, last):
         """Stream mode (stream.py): training rows laid out as lanes; val/test/predict as whole series
         scoring the same rows `ends` as windowed mode."""
         bad = torch.isnan(x).any(1)
@@ -479,6 +480,9 @@ class PriceDataModule(ForecastData):
         # also the first window - 1 rows of each series, which windows cannot end on.
         rows = torch.from_numpy(keep) & ~bad & ~torch.isnan(y).any(1)
         pieces = stream.runs(series, rows)
+        if rows.any():  # the audit trail: stream mode also trains on each series' first window - 1 days
+            days = (pd.Timestamp(first[rows.numpy()].min()), pd.Timestamp(last[rows.numpy()].max()))
+            self.stats["ranges"]["train_targets"] = [d.isoformat() for d in days]
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         return stream.StreamDataset(x, y, t_loc, t_scale, pieces, self.tbptt_steps, self.batch_size, seed)
 
