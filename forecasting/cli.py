@@ -53,6 +53,9 @@ class ForecastingCLI(LightningCLI):
             "data.init_args.dense_targets",
             compute_fn=lambda dense_loss, tbptt_steps: dense_loss or tbptt_steps is not None,
         )
+        # Stream mode (data.mode: stream) lays the training rows out in chunks of model.tbptt_steps.
+        # A data module without this argument simply does not receive it.
+        parser.link_arguments("model.tbptt_steps", "data.init_args.tbptt_steps")
         parser.add_lightning_class_args(Checkpoints, "checkpoint")  # last.ckpt: the latest state, one write
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")

@@ -29,6 +29,7 @@ from forecasting.callbacks.gate_saturation import network_gates, saturated
 from forecasting.callbacks.grad_flow import gradient_flow
 from forecasting.callbacks.grad_norms import clip_settings
 from forecasting.data import features as F
+from forecasting.data import stream
 from forecasting.data.base import take
 from forecasting.models import contract
 
@@ -381,6 +382,8 @@ def run_diagnose(trainer: L.Trainer, model: L.LightningModule, dm: L.LightningDa
     metrics = quiet_trainer(limit_val_batches=1.0).validate(model, dm, verbose=False)[0]
     val = dm.val_dataloader().dataset
     vbatch = take(val, range(min(len(val), 256)))
+    if "at" in vbatch:  # stream mode: whole series; measure on windows ending at the scored days
+        vbatch = stream.as_windows(vbatch, window or 64, 256)
     model.eval()
     with torch.enable_grad():
         flow = gradient_flow(model.net, vbatch["x"], vbatch["y"], model.loss_fn).double()

@@ -14,7 +14,8 @@ EXAMPLES = [p.name for p in CONFIGS if "\nconfig: defaults.yaml" in "\n" + p.rea
 OVERLAYS = [p.name for p in CONFIGS if p.name not in EXAMPLES and p.name not in ("defaults.yaml", "debug.yaml")
             and not p.name.endswith("_space.yaml")]  # fmt: skip
 # Pairs that cannot work, and the key the one-line refusal must name.
-REFUSED = {("adding.yaml", "long_tbptt.yaml"): "window"}  # the adding problem has sequences, not windows
+# The adding problem has sequences, not windows, and no stream mode.
+REFUSED = {("adding.yaml", "long_tbptt.yaml"): "window", ("adding.yaml", "stream.yaml"): "mode"}
 MULTI_PROCESS = {"ddp_cpu.yaml", "multi_gpu.yaml"}  # trained by test_ddp.py in subprocesses
 
 
@@ -47,7 +48,10 @@ def test_every_example_with_every_overlay_builds(example, overlay, tmp_path, mon
     assert cli.model.hparams.horizon == cli.datamodule.horizon
     assert cli.datamodule.dense_targets == cli.model.dense  # truncated BPTT gets a target per step
     assert cli.trainer.max_epochs == 1 and cli.trainer.val_check_interval == 1.0  # debug wins over the example
-    assert (cli.model.hparams.tbptt_steps is not None) == (overlay == "long_tbptt.yaml")
+    assert (cli.model.hparams.tbptt_steps is not None) == (overlay in ("long_tbptt.yaml", "stream.yaml"))
+    assert getattr(cli.datamodule, "mode", "windows") == ("stream" if overlay == "stream.yaml" else "windows")
+    if overlay == "stream.yaml":  # the chunk length reaches the data module
+        assert cli.datamodule.tbptt_steps == cli.model.hparams.tbptt_steps == 32
     per_step = {"NonFiniteGuard", "GradientNorms", "GradientHistograms"} & {type(c).__name__ for c in cli.trainer.callbacks}
     assert per_step == (set() if overlay == "fast.yaml" else {"NonFiniteGuard", "GradientNorms", "GradientHistograms"})
     net = cli.model.hparams.net["class_path"]

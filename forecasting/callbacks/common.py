@@ -8,6 +8,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from forecasting.data import stream
+
 
 def tensorboard(trainer: Trainer):
     """The SummaryWriter of the first TensorBoardLogger, on rank zero; None otherwise."""
@@ -54,6 +56,8 @@ class FixedBatchCallback(Callback):
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         if self.batch is None and batch_idx == 0 and dataloader_idx == 0 and trainer.is_global_zero:
             # Batches made inside validation are inference tensors, unusable by autograd: clone.
+            if "at" in batch:  # stream mode: whole series; measure on windows ending at scored steps
+                batch = stream.as_windows(batch, getattr(trainer.datamodule, "window", 64), self.max_samples)
             with torch.inference_mode(False):
                 self.batch = {k: v[: self.max_samples].clone() for k, v in batch.items() if torch.is_tensor(v)}
 

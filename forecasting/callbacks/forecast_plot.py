@@ -55,7 +55,7 @@ class ForecastPlot(Callback):
 
     def _keep_output(self, net, args, output) -> None:
         out = output[0] if isinstance(output, tuple) else output  # net(x) -> (outputs per step, state)
-        self._output = out[:, -1]  # the forecast made at the end of each window, as in Forecaster
+        self._output = out  # outputs at every step: _collect picks the scored ones, as in Forecaster
 
     def _collect(self, pl_module, batch: dict) -> None:
         output, self._output = self._output, None
@@ -68,6 +68,10 @@ class ForecastPlot(Callback):
         mask = keep.to(batch["x"].device)
         loc, scale, y = batch["y_loc"][mask], batch["y_scale"][mask], batch["y"][mask]
         y = y[:, -1] if y.dim() == 3 else y  # dense targets: the window's last step
+        if output is not None and "at" in batch:  # stream mode: the steps `at` names
+            output = output[batch["at"][:, 0], batch["at"][:, 1]]
+        elif output is not None:
+            output = output[:, -1]  # the forecast made at the end of each window
         if output is not None and len(output) == len(mask):
             forecast = output[mask] * scale + loc
         else:  # no `net` to hook, or it ran on something else: a forward pass of our own

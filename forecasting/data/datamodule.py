@@ -11,6 +11,7 @@ dropped), so no validation or test target is ever a training target. Its
 inputs may look back into earlier splits, as they would in live use.
 """
 
+import os
 import warnings
 from pathlib import Path
 
@@ -18,10 +19,12 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
+from torch.utils.data import DataLoader
 
 from forecasting import baselines
 from forecasting.data import features as F
-from forecasting.data.base import ForecastData
+from forecasting.data import stream
+from forecasting.data.base import ForecastData, keep_batch
 from forecasting.data.io import (
     BAD_VALUE_POLICIES,
     MISSING_POLICIES,
@@ -112,6 +115,8 @@ class PriceDataModule(ForecastData):
         predict_path: str | None = None,
         train_start: str | None = None,  # null: train on everything before val_start (backtest.py sets these two)
         test_end: str | None = None,  # null: test on everything from test_start on
+        mode: str = "windows",  # "stream": walk each series once per epoch, state carried (docs/tbptt.md)
+        tbptt_steps: int | None = None,  # stream mode's chunk length: linked from model.tbptt_steps by the CLI
     ):
         super().__init__()
         features = list(features)
@@ -161,7 +166,14 @@ class PriceDataModule(ForecastData):
                 raise ForecastingError(f"data.{key}: a fraction must lie in (0, 1), got {value}")
         if isinstance(val_start, float) and isinstance(test_start, float) and val_start >= test_start:
             raise ForecastingError(f"data.val_start ({val_start}) must come before data.test_start ({test_start})")
+        if mode not in ("windows", "stream"):
+            raise ForecastingError(f"data.mode: unknown mode '{mode}'; use 'windows' or 'stream'")
+        if mode == "stream" and tbptt_steps is None:
+            raise ForecastingError(
+                "data.mode: stream needs model.tbptt_steps (the chunk length k each batch advances by); set it"
+            )
         self.save_hyperparameters()
+        self.mode, self.tbptt_steps = mode, tbptt_steps
         self.path, self.time_column, self.ticker_column = path, time_column, ticker_column
         self.columns, self.adjust_column, self.date_format = dict(columns), adjust_column, date_format
         self.missing, self.bad_values, self.max_flat_rows, self.timezone = missing, bad_values, max_flat_rows, timezone
@@ -177,6 +189,7 @@ class PriceDataModule(ForecastData):
         self.frames: dict[str, pd.DataFrame] = {}  # "fit" / "predict": validated rows with features
         self._datasets: dict[str, WindowDataset] = {}
         self._tensors: dict[str, tuple] = {}  # "fit" / "predict": the rows every split of that frame shares
+        self._resume_step = 0  # stream mode: batches of the epoch a mid-epoch checkpoint had done
 
     # Sizes the CLI links into the model (cli.py): known without reading any file.
     @property
@@ -427,8 +440,9 @@ class PriceDataModule(ForecastData):
         if which not in self._tensors:  # train, val and test share one copy of the rows and target days
             x, y, t_loc, t_scale, series, base = self.tensors(frame)
             ends = valid_ends(series, torch.isnan(x).any(1), self.window)
-            self._tensors[which] = (x, y, t_loc, t_scale, base, ends, self.target_times(frame))
-        x, y, t_loc, t_scale, base, ends, (first, last) = self._tensors[which]
+            self._tensors[which] = (x, y, t_loc, t_scale, base, ends, self.target_times(frame), series)
+        x, y, t_loc, t_scale, base, ends, (first, last), series = self._tensors[which]
+        keep = None
         if stage != "predict":
             val, test = (np.datetime64(pd.Timestamp(d)) for d in (self.stats["val_start"], self.stats["test_start"]))
             start, end = (None if d is None else np.datetime64(d) for d in (self.train_start, self.test_end))
@@ -447,10 +461,40 @@ class PriceDataModule(ForecastData):
                     f"{self.path}: the {stage} split has no windows (split times {stamp(self.stats['val_start'])} / "
                     f"{stamp(self.stats['test_start'])}, window {self.window}); move data.val_start/data.test_start"
                 )
-        dense = self.dense_targets and stage == "train"
         base = None if stage == "train" else base  # baselines are scored on val/test, not trained against
+        if self.mode == "stream":
+            data = (x, y, t_loc, t_scale, series, ends, base)
+            self._datasets[stage] = self.stream_dataset(stage, *data, keep, first, last)
+            return self._datasets[stage]
+        dense = self.dense_targets and stage == "train"
         self._datasets[stage] = WindowDataset(x, y, t_loc, t_scale, ends, self.window, dense=dense, baselines=base)
         return self._datasets[stage]
+
+    def stream_dataset(self, stage, x, y, t_loc, t_scale, series, ends, base, keep, first, last):
+        """Stream mode (stream.py): training rows laid out as lanes; val/test/predict as whole series
+        scoring the same rows `ends` as windowed mode."""
+        bad = torch.isnan(x).any(1)
+        if stage != "train":
+            return stream.eval_streams(x, y, t_loc, t_scale, series, bad, ends, base)
+        # Every clean row whose target is a training target: windowed mode's training rows, and
+        # also the first window - 1 rows of each series, which windows cannot end on.
+        rows = torch.from_numpy(keep) & ~bad & ~torch.isnan(y).any(1)
+        pieces = stream.runs(series, rows)
+        if rows.any():  # the audit trail: stream mode also trains on each series' first window - 1 days
+            days = (pd.Timestamp(first[rows.numpy()].min()), pd.Timestamp(last[rows.numpy()].max()))
+            self.stats["ranges"]["train_targets"] = [d.isoformat() for d in days]
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return stream.StreamDataset(x, y, t_loc, t_scale, pieces, self.tbptt_steps, self.batch_size, seed)
+
+    def train_dataloader(self):
+        if self.mode != "stream":
+            return super().train_dataloader()
+        ranks = getattr(self.trainer.strategy, "distributed_sampler_kwargs", None) if self.trainer else None
+        ranks = ranks or {"rank": 0, "num_replicas": 1}
+        sampler = stream.StreamSampler(self.dataset("train"), ranks["rank"], ranks["num_replicas"])
+        sampler.first, self._resume_step = self._resume_step, 0
+        # In the main process: the sampler sets each epoch's layout on the dataset it holds.
+        return DataLoader(self.dataset("train"), batch_size=1, sampler=sampler, collate_fn=keep_batch)
 
     def describe_rows(self, rows: torch.Tensor, stage: str = "predict") -> pd.DataFrame:
         """Date (full timestamp for intraday data) and ticker of the window ending at each row index."""
@@ -463,9 +507,20 @@ class PriceDataModule(ForecastData):
 
     # ---------------------------------------------------------------- checkpoint state
     def state_dict(self) -> dict:
-        return dict(self.stats) if self.stats is not None else {}
+        state = dict(self.stats) if self.stats is not None else {}
+        loop = self.trainer.fit_loop.epoch_loop if self.mode == "stream" and self.trainer is not None else None
+        if loop is not None and self.trainer.state.fn.value == "fit":
+            # A mid-epoch save (every_n_train_steps) runs after `processed` batches of this epoch: a
+            # resume continues the same layout from there (the model restores the lanes' states).
+            done = loop.batch_progress.current.processed
+            if 0 < done < self.trainer.num_training_batches:
+                state["stream_position"] = [self.trainer.current_epoch, done]
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        epoch_step = state.pop("stream_position", None)
+        self._resume_step = epoch_step[1] if epoch_step and self.mode == "stream" else 0
         if state:
             if state.get("horizon", self.horizon) != self.horizon:
                 raise ForecastingError(

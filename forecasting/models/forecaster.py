@@ -14,7 +14,11 @@ Two ways to train, one key apart:
   chunks, and every chunk does its own backward, clip and optimiser step
   (loss on every step after `burn_in`). A "step" (global_step, max_steps) is then
   one chunk: ceil(window / k) per batch.
-Clipping is set once for both: `gradient_clip_val` / `gradient_clip_algorithm`
+- stream mode (`data.mode: stream`, with `tbptt_steps: k`): a batch is the next k steps of
+  B streams laid end to end through the whole history (data/stream.py); each stream's state
+  is carried (detached) from batch to batch and zeroed where `reset` says a stream starts;
+  one optimiser step per batch, loss after `burn_in` steps of each stream.
+Clipping is set once for all three: `gradient_clip_val` / `gradient_clip_algorithm`
 here, applied with Lightning's `clip_gradients` in `on_before_optimizer_step`,
 where fp16 AMP gradients are already unscaled.
 
@@ -36,6 +40,7 @@ from torchmetrics import CatMetric, MeanAbsoluteError, MeanMetric, MeanSquaredEr
 from forecasting import persistence
 from forecasting.errors import ForecastingError
 from forecasting.models import contract
+from forecasting.models import state as lanes
 from forecasting.models.contract import NetworkCallable
 from forecasting.models.lstm import StackedRNN
 
@@ -102,6 +107,7 @@ class Forecaster(L.LightningModule):
         self.means = nn.ModuleDict({s: nn.ModuleDict({n: MeanMetric() for n in names}) for s in ("val", "test")})
         self.automatic_optimization = tbptt_steps is None
         self._loss_sum, self._loss_n = 0.0, 0  # training loss since the last logged step
+        self._carry, self._state_dims = None, None  # stream mode: each lane's state, its batch dims
 
     def metric_names(self) -> set[str]:
         """Every name this module logs: monitors are checked against it before training (validation.py)."""
@@ -141,9 +147,17 @@ class Forecaster(L.LightningModule):
             self.log("train/loss", mean, prog_bar=True, on_step=True, on_epoch=True, batch_size=self._loss_n)
             self._loss_sum, self._loss_n = 0.0, 0
 
-    def _step(self, batch: dict, stage: str, batch_idx: int = 0) -> torch.Tensor:
+    def forecasts(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(outputs at every step, the scored forecasts (B, H)): each window's last step, or in
+        stream mode the steps `at` names of the whole series the batch holds."""
         out, _ = contract.call(self.net, batch["x"])
-        pred, y = out[:, -1], batch["y"]
+        if "at" in batch:
+            return out, out[batch["at"][:, 0], batch["at"][:, 1]]
+        return out, out[:, -1]
+
+    def _step(self, batch: dict, stage: str, batch_idx: int = 0) -> torch.Tensor:
+        out, pred = self.forecasts(batch)
+        y = batch["y"]
         if y.dim() == 3:  # dense targets: one per time step
             loss = self.loss_after_burn_in(out, y) if self.dense else self.loss_fn(pred, y[:, -1])
             y = y[:, -1]
@@ -252,7 +266,68 @@ class Forecaster(L.LightningModule):
             self.step_scheduler()
         return loss
 
+    def stream_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stream mode's forward: (loss, number of scored steps) of the next chunk of every lane,
+        each lane's state carried over from the previous batch (detached: no gradient reaches an
+        earlier batch) and zeroed where `reset` says a stream starts."""
+        state, reset = self._carry, batch["reset"]
+        if state is not None and bool(reset.all()):
+            state = None  # every lane starts afresh: the network's own initial state
+        elif state is not None and bool(reset.any()):
+            if self._state_dims is None:
+                self._state_dims = lanes.batch_dims(self.net, self.hparams.n_features)
+            state = lanes.keep_lanes(state, ~reset, self._state_dims)
+        out, state = contract.call(self.net, batch["x"], state)
+        self._carry = contract.detach(state)
+        scored = batch["pos"] >= self.hparams.burn_in  # after the burn-in at each stream's start only
+        n = scored.sum()
+        loss = self.loss_fn(out[scored], batch["y"][scored]) if n > 0 else out.sum() * 0.0
+        return loss, n
+
+    def _stream_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """Stream mode: one optimiser step per batch (one chunk of k steps of every lane)."""
+        loss, n = self.stream_loss(batch)
+        # Under DDP every rank must run backward (gradients are averaged across ranks) and step or
+        # skip together, so the count that decides is the sum over ranks.
+        total = self.trainer.strategy.reduce(n.float(), reduce_op="sum") if self.trainer.world_size > 1 else n
+        if total > 0:
+            optimizer = self.optimizers()
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()  # clipping happens in on_before_optimizer_step
+        if n > 0:
+            self.log_train_loss(loss.detach(), int(n), batch_idx, batches_before=self._batches_before())
+        if self.lr_schedulers() is not None and self.hparams.scheduler_interval == "step":
+            self.step_scheduler()
+        return loss.detach()
+
+    def _batches_before(self) -> int:
+        """Batches trained before this one in the whole run (Lightning's count for its logging test)."""
+        return self.trainer.fit_loop.epoch_loop._batches_that_stepped
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Stream mode: the lanes' states, so a mid-epoch resume continues exactly (the data module
+        # saves the position). Each rank holds its own lanes: gathered, rank r's at index r.
+        if self._carry is not None:
+            carry = self.all_gather(self._carry) if self.trainer.world_size > 1 else self._carry
+            checkpoint["stream_state"] = {"world": self.trainer.world_size, "state": carry}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("stream_state")
+        self._carry = None
+        trainer = self._trainer  # None when loaded outside a Trainer (load_from_checkpoint, streaming.py)
+        if saved is not None and trainer is not None and trainer.state.fn.value == "fit":
+            carry, world = saved["state"], saved["world"]
+            if world > 1:  # this rank's share; with another world size the lanes differ: start afresh
+                same = world == self.trainer.world_size
+                carry = lanes.rebuild(carry, [t[self.global_rank] for t in lanes.leaves(carry)]) if same else None
+            self._carry = carry
+
     def training_step(self, batch, batch_idx):
+        if "reset" in batch:
+            if self.automatic_optimization:  # lr_find sweeps in automatic mode: Lightning steps
+                return self.stream_loss(batch)[0]
+            return self._stream_step(batch, batch_idx)
         if self.hparams.tbptt_steps is None:
             return self._step(batch, "train", batch_idx)
         return self._tbptt_step(batch, batch_idx)
@@ -292,7 +367,8 @@ class Forecaster(L.LightningModule):
 
     def predict_step(self, batch, batch_idx):
         loc, scale = batch["y_loc"], batch["y_scale"]
-        return {"row": batch["row"], "forecast": self(batch["x"]) * scale + loc, "actual": batch["y"] * scale + loc}
+        forecast = self.forecasts(batch)[1]
+        return {"row": batch["row"], "forecast": forecast * scale + loc, "actual": batch["y"] * scale + loc}
 
     def configure_optimizers(self):
         optimizer = self.optimizer(self.parameters())
