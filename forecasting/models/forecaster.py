@@ -35,7 +35,7 @@ from torchmetrics import CatMetric, MeanAbsoluteError, MeanMetric, MeanSquaredEr
 
 from forecasting import persistence
 from forecasting.errors import ForecastingError
-from forecasting.models import contract
+from forecasting.models import contract, heads
 from forecasting.models.contract import NetworkCallable
 from forecasting.models.lstm import StackedRNN
 
@@ -71,6 +71,9 @@ class Forecaster(L.LightningModule):
         scheduler_interval: str = "epoch",
         scheduler_monitor: str = "val/loss",
         target_kind: str = "other",  # linked from the data: "log_variance" adds QLIKE, "return" the hit rate
+        head: str = "point",  # point | gaussian | student_t | quantiles: what the outputs mean (heads.py)
+        quantiles: list[float] | None = None,  # levels of head: quantiles; null: heads.DEFAULT_QUANTILES
+        min_scale: float = 1e-3,  # floor of a distribution's scale (scaled units): NLL cannot go to -inf
     ):
         super().__init__()
         checks = {
@@ -89,8 +92,10 @@ class Forecaster(L.LightningModule):
         # network is stored as plain data (class_path and init_args) to check checkpoints against.
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "net"])
         self.hparams["net"] = contract.describe(net)
-        self.net = contract.build(net, n_features, horizon, tbptt=tbptt_steps is not None)
         self.loss_fn = LOSSES[loss]()
+        self.head = heads.build(head, self.loss_fn, quantiles, min_scale)
+        # The network emits head.n_params outputs per horizon step; the head gives them meaning.
+        self.net = contract.build(net, n_features, horizon * self.head.n_params, tbptt=tbptt_steps is not None)
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.metrics = nn.ModuleDict({"val": metrics(), "test": metrics()})
         self.losses = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})  # val/loss, test/loss
@@ -117,15 +122,25 @@ class Forecaster(L.LightningModule):
         return self.hparams.dense_loss or self.hparams.tbptt_steps is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Forecast made at the end of each window: (B, window, F) -> (B, H)."""
-        return contract.call(self.net, x)[0][:, -1]
+        """Forecast made at the end of each window: (B, window, F) -> (B, H); a distribution's
+        mean, or its median quantile (heads.py). `distribution(x)` gives all its parameters."""
+        return self.head.point(self.distribution(x))
+
+    def distribution(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, window, F) -> (B, H, n_params): the head's parameters at each window's end, scaled units."""
+        return self.head(contract.call(self.net, x)[0][:, -1])
+
+    def output_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss of raw network outputs (..., H * n_params) against targets (..., H):
+        what diagnostics that run the network themselves (gradient flow, overfit one batch) need."""
+        return self.head.loss(self.head(out), y)
 
     def loss_after_burn_in(self, out: torch.Tensor, y: torch.Tensor, offset: int = 0) -> torch.Tensor | None:
         """Loss over steps at window position >= burn_in; `offset` is the position of out[:, 0]."""
         first = max(0, self.hparams.burn_in - offset)
         if first >= out.shape[1]:
             return None
-        return self.loss_fn(out[:, first:], y[:, first:])
+        return self.head.loss(self.head(out[:, first:]), y[:, first:])
 
     def log_train_loss(self, loss: torch.Tensor, n: int, batch_idx: int, batches_before: int) -> None:
         """train/loss_step: the mean over the batches since the last written step; train/loss_epoch:
@@ -143,12 +158,13 @@ class Forecaster(L.LightningModule):
 
     def _step(self, batch: dict, stage: str, batch_idx: int = 0) -> torch.Tensor:
         out, _ = contract.call(self.net, batch["x"])
-        pred, y = out[:, -1], batch["y"]
+        params, y = self.head(out[:, -1]), batch["y"]
+        pred = self.head.point(params)
         if y.dim() == 3:  # dense targets: one per time step
-            loss = self.loss_after_burn_in(out, y) if self.dense else self.loss_fn(pred, y[:, -1])
+            loss = self.loss_after_burn_in(out, y) if self.dense else self.head.loss(params, y[:, -1])
             y = y[:, -1]
         else:
-            loss = self.loss_fn(pred, y)
+            loss = self.head.loss(params, y)
         if stage == "train":  # one optimiser step per batch: global_step counts the batches before this one
             self.log_train_loss(loss.detach(), len(y), batch_idx, batches_before=self.trainer.global_step)
         else:
