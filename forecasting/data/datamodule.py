@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 
-from forecasting import baselines
+from forecasting import baselines, risk_baselines
 from forecasting.data import features as F
 from forecasting.data.base import ForecastData
 from forecasting.data.io import (
@@ -363,6 +363,9 @@ class PriceDataModule(ForecastData):
         if self.train_start is not None:
             in_train &= first >= np.datetime64(self.train_start)
         stats["baselines"] = baselines.fit(series, ticker, targets, in_train, self.target)
+        # GARCH, EWMA, empirical quantiles: from training rows' returns and training targets only.
+        train_rows = frame.index.isin(train.index)
+        stats["risk"] = risk_baselines.fit(self.returns(frame), ticker, train_rows, targets, in_train, self.target_kind)
         # Leakage audit trail: first and last time each part of the pipeline covers (ISO strings,
         # in the checkpoint and the hparams). Splits add their target times in dataset().
         stats["ranges"] = {"scaler": [d.isoformat() for d in (train["time"].min(), train["time"].max())]}
@@ -370,6 +373,15 @@ class PriceDataModule(ForecastData):
             days = (first[in_train].min(), last[in_train].max())
             stats["ranges"]["baselines"] = [pd.Timestamp(d).isoformat() for d in days]
         return stats
+
+    def returns(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """Each row's log return (the risk baselines' input), or None without close prices."""
+        if "f:log_return" in frame:
+            return frame["f:log_return"].to_numpy()
+        if "close" not in frame:
+            return None
+        close = pd.Series(np.log(frame["close"].to_numpy(dtype=np.float64)))
+        return close.groupby(frame["ticker"].to_numpy(), sort=False).diff().to_numpy()
 
     # ---------------------------------------------------------------- tensors
     def tensors(self, frame: pd.DataFrame):
@@ -398,12 +410,16 @@ class PriceDataModule(ForecastData):
         raw = frame[f"f:{self.target}"].to_numpy()
         y = (future(raw, series, self.horizon) - t_loc[:, None]) / t_scale[:, None]
         base = baselines.forecast_rows(raw, frame["ticker"].to_numpy(), self.stats["baselines"], self.horizon)
+        point, risk = risk_baselines.forecast_rows(
+            self.returns(frame), frame["ticker"].to_numpy(), self.stats.get("risk"), self.horizon, self.target_kind
+        )
 
         def f32(a):
             return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
-        base = {name: f32(b) for name, b in base.items()}
-        return f32(x), f32(y), f32(t_loc), f32(t_scale), torch.from_numpy(series), base
+        base = {name: f32(b) for name, b in {**base, **point}.items()}
+        risk = {name: f32(b) for name, b in risk.items()}
+        return f32(x), f32(y), f32(t_loc), f32(t_scale), torch.from_numpy(series), base, risk
 
     def target_times(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Date of the first and last target day of the sample ending on each row (NaT if none)."""
@@ -425,10 +441,10 @@ class PriceDataModule(ForecastData):
             self.setup(stage)
         frame = self.frames[which]
         if which not in self._tensors:  # train, val and test share one copy of the rows and target days
-            x, y, t_loc, t_scale, series, base = self.tensors(frame)
+            x, y, t_loc, t_scale, series, base, risk = self.tensors(frame)
             ends = valid_ends(series, torch.isnan(x).any(1), self.window)
-            self._tensors[which] = (x, y, t_loc, t_scale, base, ends, self.target_times(frame))
-        x, y, t_loc, t_scale, base, ends, (first, last) = self._tensors[which]
+            self._tensors[which] = (x, y, t_loc, t_scale, base, risk, ends, self.target_times(frame))
+        x, y, t_loc, t_scale, base, risk, ends, (first, last) = self._tensors[which]
         if stage != "predict":
             val, test = (np.datetime64(pd.Timestamp(d)) for d in (self.stats["val_start"], self.stats["test_start"]))
             start, end = (None if d is None else np.datetime64(d) for d in (self.train_start, self.test_end))
@@ -449,7 +465,10 @@ class PriceDataModule(ForecastData):
                 )
         dense = self.dense_targets and stage == "train"
         base = None if stage == "train" else base  # baselines are scored on val/test, not trained against
-        self._datasets[stage] = WindowDataset(x, y, t_loc, t_scale, ends, self.window, dense=dense, baselines=base)
+        risk = None if stage == "train" else risk
+        self._datasets[stage] = WindowDataset(
+            x, y, t_loc, t_scale, ends, self.window, dense=dense, baselines=base, risk_baselines=risk
+        )
         return self._datasets[stage]
 
     def describe_rows(self, rows: torch.Tensor, stage: str = "predict") -> pd.DataFrame:

@@ -33,7 +33,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import CatMetric, MeanAbsoluteError, MeanMetric, MeanSquaredError
 
-from forecasting import persistence
+from forecasting import calibration, persistence, risk_baselines
+from forecasting.callbacks.common import tensorboard
 from forecasting.errors import ForecastingError
 from forecasting.models import contract, heads
 from forecasting.models.contract import NetworkCallable
@@ -103,8 +104,11 @@ class Forecaster(L.LightningModule):
         self.val_series = nn.ModuleDict({k: CatMetric() for k in ("row", "forecast", "actual", "last_input")})
         # Epoch means in original units, model and baselines on the same windows (see baselines.py).
         names = ["mse_orig", "qlike", "hit_rate", "up_share"]
-        names += [f"baseline_{m}_{b}" for m in ("mse", "qlike") for b in ("naive", "mean", "har")]
+        names += [f"baseline_{m}_{b}" for m in ("mse", "qlike") for b in ("naive", "mean", "har", "garch")]
         self.means = nn.ModuleDict({s: nn.ModuleDict({n: MeanMetric() for n in names}) for s in ("val", "test")})
+        # Forecast distributions and actuals of the epoch, in original units (calibration.py).
+        self.calibration = nn.ModuleDict({s: calibration.Collector() for s in ("val", "test")})
+        self.conformal: dict | None = None  # split-conformal radii from the last validation; in the checkpoint
         self.automatic_optimization = tbptt_steps is None
         self._loss_sum, self._loss_n = 0.0, 0  # training loss since the last logged step
 
@@ -113,7 +117,10 @@ class Forecaster(L.LightningModule):
         names = {"train/loss", "train/loss_step", "train/loss_epoch"}
         for stage in ("val", "test"):
             names |= {f"{stage}/{n}" for n in ["loss", *self.metrics[stage], *self.means[stage]]}
-            names |= {f"{stage}/skill_vs_{b}" for b in ("naive", "mean", "har")}
+            names |= {f"{stage}/skill_vs_{b}" for b in ("naive", "mean", "har", "garch")}
+        quantiles = self.head.levels if self.head.family == "quantiles" else None
+        scores = calibration.metric_names(self.head.family, quantiles, self.hparams.target_kind == "return")
+        names |= {f"{stage}/{n}" for n in scores for stage in ("val", "test")}
         return names | {f"val/{n}" for n in ("best_lag", "best_lag_corr", "pred_std_ratio", "corr_with_last_input")}
 
     @property
@@ -181,6 +188,8 @@ class Forecaster(L.LightningModule):
                     metric.update(pred, y)
                 self.log(f"{stage}/{name}", metric, on_epoch=True, batch_size=len(y))
             self.update_means(stage, pred_orig, y_orig, batch)
+            params_orig = self.head.to_original(params, batch["y_loc"], batch["y_scale"])
+            self.calibration[stage].update(params_orig, y_orig, batch.get("risk_baselines", {}))
         return loss
 
     def update_means(self, stage: str, pred: torch.Tensor, actual: torch.Tensor, batch: dict) -> None:
@@ -208,12 +217,46 @@ class Forecaster(L.LightningModule):
         values = {name: m.compute() for name, m in self.means[stage].items() if m.update_count > 0}
         for name, value in values.items():
             self.log(f"{stage}/{name}", value)
-        for base in ("naive", "mean", "har"):
+        for base in ("naive", "mean", "har", "garch"):
             if f"baseline_mse_{base}" in values:
                 skill = 1 - values["mse_orig"] / values[f"baseline_mse_{base}"]
                 self.log(f"{stage}/skill_vs_{base}", skill)
         for metric in self.means[stage].values():
             metric.reset()
+        self.log_calibration(stage)
+
+    def log_calibration(self, stage: str) -> None:
+        """NLL, CRPS, pinball, coverage, VaR breaches and Kupiec tests of the head and the risk
+        baselines; validation fits the split-conformal radii that test and predict use."""
+        data = self.calibration[stage].compute(self.head.n_params)
+        self.calibration[stage].reset()
+        if data is None:
+            return
+        levels = getattr(self.head, "levels", None)
+        forecast, actual = calibration.Forecast(self.head.family, data["params"], levels), data["actual"]
+        returns = self.hparams.target_kind == "return"
+        if stage == "val":
+            self.conformal = calibration.fit_conformal(forecast, actual)
+        values = calibration.evaluate(forecast, actual, returns, self.conformal if stage == "test" else None)
+        for name, parts in data.items():
+            if name.startswith("risk_"):
+                family, base_levels = risk_baselines.FAMILIES[name[5:]]
+                base = calibration.evaluate(calibration.Forecast(family, parts, base_levels), actual, returns)
+                values |= {f"baseline_{m}_{name[5:]}": v for m, v in base.items() if m in calibration.BASELINE_METRICS}
+        for name, value in values.items():
+            self.log(f"{stage}/{name}", value)
+        writer = tensorboard(self.trainer) if self.head.family != "point" and self._trainer is not None else None
+        if writer is not None:
+            title = f"{stage}: PIT histogram, step {self.global_step}"
+            fig = calibration.pit_figure(forecast.cdf(actual), title)
+            writer.add_figure(f"calibration/{stage}", fig, self.global_step)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.conformal is not None:  # plain lists: loads with weights_only=True
+            checkpoint["conformal"] = self.conformal
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.conformal = checkpoint.get("conformal")
 
     def on_validation_epoch_end(self) -> None:
         self.log_means("val")
@@ -308,7 +351,19 @@ class Forecaster(L.LightningModule):
 
     def predict_step(self, batch, batch_idx):
         loc, scale = batch["y_loc"], batch["y_scale"]
-        return {"row": batch["row"], "forecast": self(batch["x"]) * scale + loc, "actual": batch["y"] * scale + loc}
+        params = self.head.to_original(self.distribution(batch["x"]), loc, scale)
+        out = {"row": batch["row"], "forecast": self.head.point(params), "actual": batch["y"] * scale + loc}
+        # predict's CSV columns: the distribution's parameters, and the split-conformal intervals.
+        columns = {} if self.head.family == "point" else dict(zip(self.head.names, params.unbind(-1), strict=True))
+        if self.conformal:
+            forecast = calibration.Forecast(self.head.family, params.cpu().numpy(), getattr(self.head, "levels", None))
+            for level in calibration.INTERVALS:
+                radius = self.conformal[calibration.pct(level)]
+                for side, v in zip(("lo", "hi"), calibration.conformal_interval(forecast, level, radius), strict=True):
+                    columns[f"conformal_{side}_{calibration.pct(level)}"] = torch.as_tensor(v, dtype=params.dtype)
+        if columns:
+            out["columns"] = columns
+        return out
 
     def configure_optimizers(self):
         optimizer = self.optimizer(self.parameters())
