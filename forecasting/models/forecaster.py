@@ -23,6 +23,11 @@ Metrics: `stage/loss` (the training loss, scaled units), `stage/mae`,
 target's original units, e.g. log variance). Validation and test always score
 the forecast made at the end of each window, so both modes compare.
 
+`head` (models/heads.py) says what the network's outputs mean: a point forecast (default), or a
+distribution (gaussian, student_t, quantiles) trained by its likelihood or pinball loss; then
+`stage/nll`, `stage/crps`, `stage/coverage_90`, `stage/kupiec_p_05`, ... (calibration.py, original
+units) are logged too. Every head gets split-conformal intervals: `test/conformal_coverage_90`.
+
 Example: python -m forecasting fit --config configs/volatility.yaml
 """
 
