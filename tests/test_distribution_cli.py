@@ -16,7 +16,7 @@ RETURNS = ("--data.init_args.target", "log_return", "--trainer.limit_val_batches
 
 @pytest.mark.slow
 @pytest.mark.parametrize("head", ["quantiles", "student_t"])
-def test_distribution_head_fit_test_predict(cli_args, tmp_path, head):
+def test_distribution_head_fit_test_predict(cli_args, tmp_path, capsys, head):
     extra = ("--model.head", head, *RETURNS)
     cli = main(cli_args("fit", "configs/returns.yaml", *extra))
     run = tmp_path / "logs" / "returns" / "version_0"
@@ -50,6 +50,13 @@ def test_distribution_head_fit_test_predict(cli_args, tmp_path, head):
         assert (table["forecast"] == table["q50"]).all()
     assert (table["conformal_lo_90"] <= table["conformal_lo_50"]).all()
     assert (table["conformal_hi_50"] <= table["conformal_hi_90"]).all()
+
+    # a checkpoint's head is not silently swapped for the config's: one line, before anything runs
+    other = "gaussian" if head != "gaussian" else "quantiles"
+    with pytest.raises(SystemExit) as exit_:
+        main(cli_args("test", "configs/returns.yaml", "--ckpt_path", str(last), *RETURNS, "--model.head", other))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and f"model.head='{head}'" in err[0], err
 
 
 @pytest.mark.skipif(not risk_baselines.available(), reason="needs the arch package")
