@@ -27,7 +27,7 @@ from forecasting.errors import ForecastingError
 # Keys whose value must match between a checkpoint and the config that loads it; `net` is the
 # whole network config (class_path and every init arg), whatever the network.
 DATA_KEYS = ("features", "target", "horizon")
-MODEL_KEYS = ("n_features", "horizon", "net")
+MODEL_KEYS = ("n_features", "horizon", "net", "head", "quantiles")  # head: what the outputs mean
 # Stored in every checkpoint this template writes: a SHA-256 over its tensors, so flipped bytes
 # are reported as corruption instead of loading and failing later as NaN losses.
 CHECKSUM_KEY = "forecasting_checksum"

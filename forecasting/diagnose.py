@@ -309,7 +309,7 @@ def overfit_one_batch(model: L.LightningModule, batch: dict, steps: int = 300) -
     y = batch["y"][:, -1] if batch["y"].dim() == 3 else batch["y"]
     losses = []
     for _ in range(steps):
-        loss = model.loss_fn(contract.call(net, batch["x"])[0][:, -1], y)
+        loss = model.output_loss(contract.call(net, batch["x"])[0][:, -1], y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -386,7 +386,7 @@ def run_diagnose(trainer: L.Trainer, model: L.LightningModule, dm: L.LightningDa
         vbatch = stream.as_windows(vbatch, window or 64, 256)
     model.eval()
     with torch.enable_grad():
-        flow = gradient_flow(model.net, vbatch["x"], vbatch["y"], model.loss_fn).double()
+        flow = gradient_flow(model.net, vbatch["x"], vbatch["y"], model.output_loss).double()
     forgets = [f.flatten() for _, f in network_gates(model.net, vbatch["x"]).values()]
     gates = saturated(torch.cat(forgets)) if forgets else None
     net_keys = "model.net.init_args" if contract.takes(hp["net"], "forget_bias") else None

@@ -1,5 +1,6 @@
 """Forecast versus actual, in the target's original units, for one ticker: TensorBoard images
-`forecast/val` (every `every_n_validations` validation epochs) and `forecast/test` (in `test`)."""
+`forecast/val` (every `every_n_validations` validation epochs) and `forecast/test` (in `test`).
+A distribution head (model.head) adds its central 50% and 90% intervals as bands."""
 
 import numpy as np
 import torch
@@ -7,6 +8,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from forecasting import calibration
 from forecasting.callbacks.common import tensorboard
 
 
@@ -72,11 +74,25 @@ class ForecastPlot(Callback):
             output = output[batch["at"][:, 0], batch["at"][:, 1]]
         elif output is not None:
             output = output[:, -1]  # the forecast made at the end of each window
+        head = getattr(pl_module, "head", None)
+        bands = {}
         if output is not None and len(output) == len(mask):
-            forecast = output[mask] * scale + loc
-        else:  # no `net` to hook, or it ran on something else: a forward pass of our own
+            if head is None:
+                forecast = output[mask] * scale + loc
+            else:
+                params = head.to_original(head(output[mask]), loc, scale)
+        elif head is None:  # no `net` to hook, or it ran on something else: a forward pass of our own
             forecast = pl_module(batch["x"][mask]) * scale + loc
-        self._parts.append((rows[keep], forecast[:, 0].float().cpu(), (y * scale + loc)[:, 0].float().cpu()))
+        else:
+            params = head.to_original(pl_module.distribution(batch["x"][mask]), loc, scale)
+        if head is not None:
+            forecast = head.point(params)
+            if head.family != "point":
+                levels = getattr(head, "levels", None)
+                dist = calibration.Forecast(head.family, params[:, :1].detach().float().cpu().numpy(), levels)
+                bands = {a: [torch.from_numpy(b[:, 0]) for b in dist.central(a)] for a in calibration.INTERVALS}
+        part = (rows[keep], forecast[:, 0].float().cpu(), (y * scale + loc)[:, 0].float().cpu())
+        self._parts.append((*part, bands))
 
     def _draw(self, trainer, stage: str) -> None:
         self._remove_hook()
@@ -85,15 +101,22 @@ class ForecastPlot(Callback):
         if not self._parts:
             rank_zero_warn(f"ForecastPlot: no {stage} windows of ticker {self._ticker!r}; nothing drawn")
             return
-        rows, forecast, actual = (torch.cat(column) for column in zip(*self._parts, strict=True))
+        rows, forecast, actual = (torch.cat(column) for column in list(zip(*self._parts, strict=True))[:3])
         order = rows.argsort()
         rows, forecast, actual = rows[order].numpy(), forecast[order].numpy(), actual[order].numpy()
+        bands = {  # level -> (lower, upper), in the same order as rows
+            a: tuple(torch.cat([p[3][a][i] for p in self._parts])[order].numpy() for i in (0, 1))
+            for a in self._parts[0][3]
+        }
         x = [self._dates[r] for r in rows.tolist()] if self._dates is not None else rows
         from matplotlib.figure import Figure  # imported when first drawn: runs without figures never pay for it
 
         fig = Figure(figsize=(8, 3.5))  # no layout engine: it would double the drawing time
         fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.18)
         ax = fig.add_subplot()
+        for level, (lo, hi) in sorted(bands.items(), reverse=True):
+            ax.fill_between(x, lo, hi, color="tab:orange", alpha=0.15 if level > 0.5 else 0.3, lw=0,
+                            label=f"{level:.0%} interval")  # fmt: skip
         ax.plot(x, actual, lw=1, label="actual")
         ax.plot(x, forecast, lw=1, label="forecast")
         ax.set_xlabel("forecast date" if self._dates is not None else "row")
@@ -103,7 +126,7 @@ class ForecastPlot(Callback):
         ax.set_title(f"{stage}: {name}step {trainer.global_step}, MAE {mae:.3g} (original units)")
         ax.legend(loc="upper left")
         tensorboard(trainer).add_figure(f"forecast/{stage}", fig, trainer.global_step)
-        self.drawn = dict(ticker=self._ticker, rows=rows, x=x, forecast=forecast, actual=actual)
+        self.drawn = dict(ticker=self._ticker, rows=rows, x=x, forecast=forecast, actual=actual, bands=bands)
 
     def _remove_hook(self) -> None:
         if self._hook is not None:

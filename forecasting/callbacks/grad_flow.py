@@ -68,7 +68,7 @@ class GradientFlow(FixedBatchCallback):
             return
         draw = self._measured % self.figure_every_n == 0
         self._measured += 1
-        norms = gradient_flow(pl_module.net, batch["x"], batch["y"], getattr(pl_module, "loss_fn", None))
+        norms = gradient_flow(pl_module.net, batch["x"], batch["y"], getattr(pl_module, "output_loss", None))
         norms = norms.double().cpu()
         ratio = float(norms[0] / norms[-1].clamp(min=1e-300))
         log10 = math.log10(max(ratio, 1e-300))

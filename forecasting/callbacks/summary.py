@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lightning.pytorch import Callback
 
-BASELINES = ("naive", "mean", "har")
+BASELINES = ("naive", "mean", "har", "garch")
 
 
 def skills(metrics: dict, stage: str) -> str:

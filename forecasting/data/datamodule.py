@@ -21,7 +21,7 @@ import torch
 from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 from torch.utils.data import DataLoader
 
-from forecasting import baselines
+from forecasting import baselines, risk_baselines
 from forecasting.data import features as F
 from forecasting.data import stream
 from forecasting.data.base import ForecastData, keep_batch
@@ -376,6 +376,9 @@ class PriceDataModule(ForecastData):
         if self.train_start is not None:
             in_train &= first >= np.datetime64(self.train_start)
         stats["baselines"] = baselines.fit(series, ticker, targets, in_train, self.target)
+        # GARCH, EWMA, empirical quantiles: from training rows' returns and training targets only.
+        train_rows = frame.index.isin(train.index)
+        stats["risk"] = risk_baselines.fit(self.returns(frame), ticker, train_rows, targets, in_train, self.target_kind)
         # Leakage audit trail: first and last time each part of the pipeline covers (ISO strings,
         # in the checkpoint and the hparams). Splits add their target times in dataset().
         stats["ranges"] = {"scaler": [d.isoformat() for d in (train["time"].min(), train["time"].max())]}
@@ -383,6 +386,15 @@ class PriceDataModule(ForecastData):
             days = (first[in_train].min(), last[in_train].max())
             stats["ranges"]["baselines"] = [pd.Timestamp(d).isoformat() for d in days]
         return stats
+
+    def returns(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """Each row's log return (the risk baselines' input), or None without close prices."""
+        if "f:log_return" in frame:
+            return frame["f:log_return"].to_numpy()
+        if "close" not in frame:
+            return None
+        close = pd.Series(np.log(frame["close"].to_numpy(dtype=np.float64)))
+        return close.groupby(frame["ticker"].to_numpy(), sort=False).diff().to_numpy()
 
     # ---------------------------------------------------------------- tensors
     def tensors(self, frame: pd.DataFrame):
@@ -411,12 +423,16 @@ class PriceDataModule(ForecastData):
         raw = frame[f"f:{self.target}"].to_numpy()
         y = (future(raw, series, self.horizon) - t_loc[:, None]) / t_scale[:, None]
         base = baselines.forecast_rows(raw, frame["ticker"].to_numpy(), self.stats["baselines"], self.horizon)
+        point, risk = risk_baselines.forecast_rows(
+            self.returns(frame), frame["ticker"].to_numpy(), self.stats.get("risk"), self.horizon, self.target_kind
+        )
 
         def f32(a):
             return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
-        base = {name: f32(b) for name, b in base.items()}
-        return f32(x), f32(y), f32(t_loc), f32(t_scale), torch.from_numpy(series), base
+        base = {name: f32(b) for name, b in {**base, **point}.items()}
+        risk = {name: f32(b) for name, b in risk.items()}
+        return f32(x), f32(y), f32(t_loc), f32(t_scale), torch.from_numpy(series), base, risk
 
     def target_times(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Date of the first and last target day of the sample ending on each row (NaT if none)."""
@@ -438,10 +454,10 @@ class PriceDataModule(ForecastData):
             self.setup(stage)
         frame = self.frames[which]
         if which not in self._tensors:  # train, val and test share one copy of the rows and target days
-            x, y, t_loc, t_scale, series, base = self.tensors(frame)
+            x, y, t_loc, t_scale, series, base, risk = self.tensors(frame)
             ends = valid_ends(series, torch.isnan(x).any(1), self.window)
-            self._tensors[which] = (x, y, t_loc, t_scale, base, ends, self.target_times(frame), series)
-        x, y, t_loc, t_scale, base, ends, (first, last), series = self._tensors[which]
+            self._tensors[which] = (x, y, t_loc, t_scale, base, risk, ends, self.target_times(frame), series)
+        x, y, t_loc, t_scale, base, risk, ends, (first, last), series = self._tensors[which]
         keep = None
         if stage != "predict":
             val, test = (np.datetime64(pd.Timestamp(d)) for d in (self.stats["val_start"], self.stats["test_start"]))
@@ -462,20 +478,23 @@ class PriceDataModule(ForecastData):
                     f"{stamp(self.stats['test_start'])}, window {self.window}); move data.val_start/data.test_start"
                 )
         base = None if stage == "train" else base  # baselines are scored on val/test, not trained against
+        risk = None if stage == "train" else risk
         if self.mode == "stream":
-            data = (x, y, t_loc, t_scale, series, ends, base)
+            data = (x, y, t_loc, t_scale, series, ends, base, risk)
             self._datasets[stage] = self.stream_dataset(stage, *data, keep, first, last)
             return self._datasets[stage]
         dense = self.dense_targets and stage == "train"
-        self._datasets[stage] = WindowDataset(x, y, t_loc, t_scale, ends, self.window, dense=dense, baselines=base)
+        self._datasets[stage] = WindowDataset(
+            x, y, t_loc, t_scale, ends, self.window, dense=dense, baselines=base, risk_baselines=risk
+        )
         return self._datasets[stage]
 
-    def stream_dataset(self, stage, x, y, t_loc, t_scale, series, ends, base, keep, first, last):
+    def stream_dataset(self, stage, x, y, t_loc, t_scale, series, ends, base, risk, keep, first, last):
         """Stream mode (stream.py): training rows laid out as lanes; val/test/predict as whole series
         scoring the same rows `ends` as windowed mode."""
         bad = torch.isnan(x).any(1)
         if stage != "train":
-            return stream.eval_streams(x, y, t_loc, t_scale, series, bad, ends, base)
+            return stream.eval_streams(x, y, t_loc, t_scale, series, bad, ends, base, risk)
         # Every clean row whose target is a training target: windowed mode's training rows, and
         # also the first window - 1 rows of each series, which windows cannot end on.
         rows = torch.from_numpy(keep) & ~bad & ~torch.isnan(y).any(1)

@@ -138,10 +138,10 @@ class EvalStreams(Dataset):
     """val/test/predict in stream mode: item i is series i, run from `starts[i]` to its last
     scored row; `ends[i]` (kept as `scored`) are its scored rows, the ones windowed mode scores."""
 
-    def __init__(self, features, targets, target_loc, target_scale, starts, ends, baselines=None):
+    def __init__(self, features, targets, target_loc, target_scale, starts, ends, baselines=None, risk=None):
         self.x, self.y, self.loc, self.scale = features, targets, target_loc, target_scale
         self.starts, self.scored = starts, ends
-        self.baselines = baselines or {}
+        self.baselines, self.risk_baselines = baselines or {}, risk or {}
 
     @property
     def ends(self) -> torch.Tensor:
@@ -169,10 +169,11 @@ class EvalStreams(Dataset):
             "y_scale": self.scale[rows, None],
             "row": rows,
             "baselines": {name: values[rows] for name, values in self.baselines.items()},
+            **({"risk_baselines": {k: v[rows] for k, v in self.risk_baselines.items()}} if self.risk_baselines else {}),
         }
 
 
-def eval_streams(features, targets, loc, scale, series, bad, ends, baselines=None) -> EvalStreams:
+def eval_streams(features, targets, loc, scale, series, bad, ends, baselines=None, risk=None) -> EvalStreams:
     """Group the scored rows `ends` by the clean run they lie in (see `runs`)."""
     starts, grouped = [], []
     for start, n in runs(series, ~bad):
@@ -180,7 +181,7 @@ def eval_streams(features, targets, loc, scale, series, bad, ends, baselines=Non
         if len(inside):
             starts.append(start)
             grouped.append(inside)
-    return EvalStreams(features, targets, loc, scale, starts, grouped, baselines)
+    return EvalStreams(features, targets, loc, scale, starts, grouped, baselines, risk)
 
 
 def as_windows(batch: dict, window: int, limit: int) -> dict:

@@ -33,18 +33,20 @@ class WindowDataset(Dataset):
     holding the H values after day t (NaN where unknown).  target_loc/scale: (rows,)
     undo the target scaling.  baselines: name -> (rows, H) forecasts in original units
     (see baselines.py), carried so the model is scored against them on the same
-    windows.  With `dense=True` a sample carries the target of
+    windows; risk_baselines: name -> (rows, H, n_params) forecast distributions (risk_baselines.py).  With `dense=True` a sample carries the target of
     every step of its window (for losses over all steps), else of its last step.
     """
 
     def __init__(
-        self, features, targets, target_loc, target_scale, ends, window: int, dense: bool = False, baselines=None
-    ):
+        self, features, targets, target_loc, target_scale, ends, window: int, dense: bool = False, baselines=None,
+        risk_baselines=None,
+    ):  # fmt: skip
         self.x = window_view(features, window)
         self.y = window_view(targets, window) if dense else targets
         self.target_loc, self.target_scale = target_loc, target_scale
         self.ends, self.window, self.dense = ends, window, dense
         self.baselines = baselines or {}
+        self.risk_baselines = risk_baselines or {}
 
     def __len__(self) -> int:
         return len(self.ends)
@@ -59,9 +61,13 @@ class WindowDataset(Dataset):
             "y_scale": self.target_scale[end, None],
             "row": end,
             "baselines": {name: values[end] for name, values in self.baselines.items()},
+            **({"risk_baselines": {k: v[end] for k, v in self.risk_baselines.items()}} if self.risk_baselines else {}),
         }
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         batch = self.__getitems__([index])
-        batch["baselines"] = {k: v[0] for k, v in batch["baselines"].items()}
-        return {k: v if k == "baselines" else v[0] for k, v in batch.items()}
+        nested = ("baselines", "risk_baselines")
+        for key in nested:
+            if key in batch:
+                batch[key] = {k: v[0] for k, v in batch[key].items()}
+        return {k: v if k in nested else v[0] for k, v in batch.items()}

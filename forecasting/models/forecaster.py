@@ -27,6 +27,11 @@ Metrics: `stage/loss` (the training loss, scaled units), `stage/mae`,
 target's original units, e.g. log variance). Validation and test always score
 the forecast made at the end of each window, so both modes compare.
 
+`head` (models/heads.py) says what the network's outputs mean: a point forecast (default), or a
+distribution (gaussian, student_t, quantiles) trained by its likelihood or pinball loss; then
+`stage/nll`, `stage/crps`, `stage/coverage_90`, `stage/kupiec_p_05`, ... (calibration.py, original
+units) are logged too. Every head gets split-conformal intervals: `test/conformal_coverage_90`.
+
 Example: python -m forecasting fit --config configs/volatility.yaml
 """
 
@@ -37,9 +42,10 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import CatMetric, MeanAbsoluteError, MeanMetric, MeanSquaredError
 
-from forecasting import persistence
+from forecasting import calibration, persistence, risk_baselines
+from forecasting.callbacks.common import tensorboard
 from forecasting.errors import ForecastingError
-from forecasting.models import contract
+from forecasting.models import contract, heads
 from forecasting.models import state as lanes
 from forecasting.models.contract import NetworkCallable
 from forecasting.models.lstm import StackedRNN
@@ -76,6 +82,9 @@ class Forecaster(L.LightningModule):
         scheduler_interval: str = "epoch",
         scheduler_monitor: str = "val/loss",
         target_kind: str = "other",  # linked from the data: "log_variance" adds QLIKE, "return" the hit rate
+        head: str = "point",  # point | gaussian | student_t | quantiles: what the outputs mean (heads.py)
+        quantiles: list[float] | None = None,  # levels of head: quantiles; null: heads.DEFAULT_QUANTILES
+        min_scale: float = 1e-3,  # floor of a distribution's scale (scaled units): NLL cannot go to -inf
     ):
         super().__init__()
         checks = {
@@ -94,8 +103,10 @@ class Forecaster(L.LightningModule):
         # network is stored as plain data (class_path and init_args) to check checkpoints against.
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "net"])
         self.hparams["net"] = contract.describe(net)
-        self.net = contract.build(net, n_features, horizon, tbptt=tbptt_steps is not None)
         self.loss_fn = LOSSES[loss]()
+        self.head = heads.build(head, self.loss_fn, quantiles, min_scale)
+        # The network emits head.n_params outputs per horizon step; the head gives them meaning.
+        self.net = contract.build(net, n_features, horizon * self.head.n_params, tbptt=tbptt_steps is not None)
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.metrics = nn.ModuleDict({"val": metrics(), "test": metrics()})
         self.losses = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})  # val/loss, test/loss
@@ -103,8 +114,11 @@ class Forecaster(L.LightningModule):
         self.val_series = nn.ModuleDict({k: CatMetric() for k in ("row", "forecast", "actual", "last_input")})
         # Epoch means in original units, model and baselines on the same windows (see baselines.py).
         names = ["mse_orig", "qlike", "hit_rate", "up_share"]
-        names += [f"baseline_{m}_{b}" for m in ("mse", "qlike") for b in ("naive", "mean", "har")]
+        names += [f"baseline_{m}_{b}" for m in ("mse", "qlike") for b in ("naive", "mean", "har", "garch")]
         self.means = nn.ModuleDict({s: nn.ModuleDict({n: MeanMetric() for n in names}) for s in ("val", "test")})
+        # Forecast distributions and actuals of the epoch, in original units (calibration.py).
+        self.calibration = nn.ModuleDict({s: calibration.Collector() for s in ("val", "test")})
+        self.conformal: dict | None = None  # split-conformal radii from the last validation; in the checkpoint
         self.automatic_optimization = tbptt_steps is None
         self._loss_sum, self._loss_n = 0.0, 0  # training loss since the last logged step
         self._carry, self._state_dims = None, None  # stream mode: each lane's state, its batch dims
@@ -114,7 +128,10 @@ class Forecaster(L.LightningModule):
         names = {"train/loss", "train/loss_step", "train/loss_epoch"}
         for stage in ("val", "test"):
             names |= {f"{stage}/{n}" for n in ["loss", *self.metrics[stage], *self.means[stage]]}
-            names |= {f"{stage}/skill_vs_{b}" for b in ("naive", "mean", "har")}
+            names |= {f"{stage}/skill_vs_{b}" for b in ("naive", "mean", "har", "garch")}
+        quantiles = self.head.levels if self.head.family == "quantiles" else None
+        scores = calibration.metric_names(self.head.family, quantiles, self.hparams.target_kind == "return")
+        names |= {f"{stage}/{n}" for n in scores for stage in ("val", "test")}
         return names | {f"val/{n}" for n in ("best_lag", "best_lag_corr", "pred_std_ratio", "corr_with_last_input")}
 
     @property
@@ -123,15 +140,25 @@ class Forecaster(L.LightningModule):
         return self.hparams.dense_loss or self.hparams.tbptt_steps is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Forecast made at the end of each window: (B, window, F) -> (B, H)."""
-        return contract.call(self.net, x)[0][:, -1]
+        """Forecast made at the end of each window: (B, window, F) -> (B, H); a distribution's
+        mean, or its median quantile (heads.py). `distribution(x)` gives all its parameters."""
+        return self.head.point(self.distribution(x))
+
+    def distribution(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, window, F) -> (B, H, n_params): the head's parameters at each window's end, scaled units."""
+        return self.head(contract.call(self.net, x)[0][:, -1])
+
+    def output_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss of raw network outputs (..., H * n_params) against targets (..., H):
+        what diagnostics that run the network themselves (gradient flow, overfit one batch) need."""
+        return self.head.loss(self.head(out), y)
 
     def loss_after_burn_in(self, out: torch.Tensor, y: torch.Tensor, offset: int = 0) -> torch.Tensor | None:
         """Loss over steps at window position >= burn_in; `offset` is the position of out[:, 0]."""
         first = max(0, self.hparams.burn_in - offset)
         if first >= out.shape[1]:
             return None
-        return self.loss_fn(out[:, first:], y[:, first:])
+        return self.head.loss(self.head(out[:, first:]), y[:, first:])
 
     def log_train_loss(self, loss: torch.Tensor, n: int, batch_idx: int, batches_before: int) -> None:
         """train/loss_step: the mean over the batches since the last written step; train/loss_epoch:
@@ -148,21 +175,23 @@ class Forecaster(L.LightningModule):
             self._loss_sum, self._loss_n = 0.0, 0
 
     def forecasts(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(outputs at every step, the scored forecasts (B, H)): each window's last step, or in
-        stream mode the steps `at` names of the whole series the batch holds."""
+        """(outputs at every step, the head's parameters of the scored forecasts (B, H, n_params)):
+        each window's last step, or in stream mode the steps `at` names of the whole series the
+        batch holds."""
         out, _ = contract.call(self.net, batch["x"])
         if "at" in batch:
-            return out, out[batch["at"][:, 0], batch["at"][:, 1]]
-        return out, out[:, -1]
+            return out, self.head(out[batch["at"][:, 0], batch["at"][:, 1]])
+        return out, self.head(out[:, -1])
 
     def _step(self, batch: dict, stage: str, batch_idx: int = 0) -> torch.Tensor:
-        out, pred = self.forecasts(batch)
+        out, params = self.forecasts(batch)
         y = batch["y"]
+        pred = self.head.point(params)
         if y.dim() == 3:  # dense targets: one per time step
-            loss = self.loss_after_burn_in(out, y) if self.dense else self.loss_fn(pred, y[:, -1])
+            loss = self.loss_after_burn_in(out, y) if self.dense else self.head.loss(params, y[:, -1])
             y = y[:, -1]
         else:
-            loss = self.loss_fn(pred, y)
+            loss = self.head.loss(params, y)
         if stage == "train":  # one optimiser step per batch: global_step counts the batches before this one
             self.log_train_loss(loss.detach(), len(y), batch_idx, batches_before=self.trainer.global_step)
         else:
@@ -179,6 +208,8 @@ class Forecaster(L.LightningModule):
                     metric.update(pred, y)
                 self.log(f"{stage}/{name}", metric, on_epoch=True, batch_size=len(y))
             self.update_means(stage, pred_orig, y_orig, batch)
+            params_orig = self.head.to_original(params, batch["y_loc"], batch["y_scale"])
+            self.calibration[stage].update(params_orig, y_orig, batch.get("risk_baselines", {}))
         return loss
 
     def update_means(self, stage: str, pred: torch.Tensor, actual: torch.Tensor, batch: dict) -> None:
@@ -206,12 +237,46 @@ class Forecaster(L.LightningModule):
         values = {name: m.compute() for name, m in self.means[stage].items() if m.update_count > 0}
         for name, value in values.items():
             self.log(f"{stage}/{name}", value)
-        for base in ("naive", "mean", "har"):
+        for base in ("naive", "mean", "har", "garch"):
             if f"baseline_mse_{base}" in values:
                 skill = 1 - values["mse_orig"] / values[f"baseline_mse_{base}"]
                 self.log(f"{stage}/skill_vs_{base}", skill)
         for metric in self.means[stage].values():
             metric.reset()
+        self.log_calibration(stage)
+
+    def log_calibration(self, stage: str) -> None:
+        """NLL, CRPS, pinball, coverage, VaR breaches and Kupiec tests of the head and the risk
+        baselines; validation fits the split-conformal radii that test and predict use."""
+        data = self.calibration[stage].compute(self.head.n_params)
+        self.calibration[stage].reset()
+        if data is None:
+            return
+        levels = getattr(self.head, "levels", None)
+        forecast, actual = calibration.Forecast(self.head.family, data["params"], levels), data["actual"]
+        returns = self.hparams.target_kind == "return"
+        if stage == "val":
+            self.conformal = calibration.fit_conformal(forecast, actual)
+        values = calibration.evaluate(forecast, actual, returns, self.conformal if stage == "test" else None)
+        for name, parts in data.items():
+            if name.startswith("risk_"):
+                family, base_levels = risk_baselines.FAMILIES[name[5:]]
+                base = calibration.evaluate(calibration.Forecast(family, parts, base_levels), actual, returns)
+                values |= {f"baseline_{m}_{name[5:]}": v for m, v in base.items() if m in calibration.BASELINE_METRICS}
+        for name, value in values.items():
+            self.log(f"{stage}/{name}", value)
+        writer = tensorboard(self.trainer) if self.head.family != "point" and self._trainer is not None else None
+        if writer is not None:
+            title = f"{stage}: PIT histogram, step {self.global_step}"
+            fig = calibration.pit_figure(forecast.cdf(actual), title)
+            writer.add_figure(f"calibration/{stage}", fig, self.global_step)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.conformal is not None:  # plain lists: loads with weights_only=True
+            checkpoint["conformal"] = self.conformal
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.conformal = checkpoint.get("conformal")
 
     def on_validation_epoch_end(self) -> None:
         self.log_means("val")
@@ -281,7 +346,7 @@ class Forecaster(L.LightningModule):
         self._carry = contract.detach(state)
         scored = batch["pos"] >= self.hparams.burn_in  # after the burn-in at each stream's start only
         n = scored.sum()
-        loss = self.loss_fn(out[scored], batch["y"][scored]) if n > 0 else out.sum() * 0.0
+        loss = self.head.loss(self.head(out[scored]), batch["y"][scored]) if n > 0 else out.sum() * 0.0
         return loss, n
 
     def _stream_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -367,8 +432,19 @@ class Forecaster(L.LightningModule):
 
     def predict_step(self, batch, batch_idx):
         loc, scale = batch["y_loc"], batch["y_scale"]
-        forecast = self.forecasts(batch)[1]
-        return {"row": batch["row"], "forecast": forecast * scale + loc, "actual": batch["y"] * scale + loc}
+        params = self.head.to_original(self.forecasts(batch)[1], loc, scale)
+        out = {"row": batch["row"], "forecast": self.head.point(params), "actual": batch["y"] * scale + loc}
+        # predict's CSV columns: the distribution's parameters, and the split-conformal intervals.
+        columns = {} if self.head.family == "point" else dict(zip(self.head.names, params.unbind(-1), strict=True))
+        if self.conformal:
+            forecast = calibration.Forecast(self.head.family, params.cpu().numpy(), getattr(self.head, "levels", None))
+            for level in calibration.INTERVALS:
+                radius = self.conformal[calibration.pct(level)]
+                for side, v in zip(("lo", "hi"), calibration.conformal_interval(forecast, level, radius), strict=True):
+                    columns[f"conformal_{side}_{calibration.pct(level)}"] = torch.as_tensor(v, dtype=params.dtype)
+        if columns:
+            out["columns"] = columns
+        return out
 
     def configure_optimizers(self):
         optimizer = self.optimizer(self.parameters())
