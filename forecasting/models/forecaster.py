@@ -271,13 +271,6 @@ class Forecaster(L.LightningModule):
             fig = calibration.pit_figure(forecast.cdf(actual), title)
             writer.add_figure(f"calibration/{stage}", fig, self.global_step)
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.conformal is not None:  # plain lists: loads with weights_only=True
-            checkpoint["conformal"] = self.conformal
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.conformal = checkpoint.get("conformal")
-
     def on_validation_epoch_end(self) -> None:
         self.log_means("val")
         self.log_persistence()
@@ -371,6 +364,8 @@ class Forecaster(L.LightningModule):
         return self.trainer.fit_loop.epoch_loop._batches_that_stepped
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.conformal is not None:  # split-conformal radii, plain lists: loads with weights_only=True
+            checkpoint["conformal"] = self.conformal
         # Stream mode: the lanes' states, so a mid-epoch resume continues exactly (the data module
         # saves the position). Each rank holds its own lanes: gathered, rank r's at index r.
         if self._carry is not None:
@@ -378,6 +373,7 @@ class Forecaster(L.LightningModule):
             checkpoint["stream_state"] = {"world": self.trainer.world_size, "state": carry}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.conformal = checkpoint.get("conformal")
         saved = checkpoint.get("stream_state")
         self._carry = None
         trainer = self._trainer  # None when loaded outside a Trainer (load_from_checkpoint, streaming.py)
