@@ -53,7 +53,7 @@ def stream_mse(m: Forecaster, val) -> float:
     m.eval()
     with torch.no_grad():
         batch = streams.__getitems__(range(len(streams)))
-        return float(((m.forecasts(batch)[1] - batch["y"]) ** 2).mean())
+        return float(((m.head.point(m.forecasts(batch)[1]) - batch["y"]) ** 2).mean())
 
 
 def window_mse(m: Forecaster, val, window: int) -> float:

@@ -44,7 +44,7 @@ def test_stream_mode_learns_a_300_step_dependency_that_64_day_windows_cannot():
     val = eval_streams(vx, vy, zero, one, vseries, clean, scored)
     with torch.no_grad():
         batch = val.__getitems__(range(len(val)))
-        stream_mse = float(((m.eval().forecasts(batch)[1] - batch["y"]) ** 2).mean())
+        stream_mse = float(((m.eval().head.point(m.forecasts(batch)[1]) - batch["y"]) ** 2).mean())
 
     windows = WindowDataset(x, y, zero, one, valid_ends(series, clean, 64), 64)
     w = model(None)

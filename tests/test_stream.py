@@ -143,7 +143,7 @@ def test_stream_forecasts_equal_one_call_over_the_history_and_a_whole_history_wi
     val = dm.dataset("val")
     batch = val.__getitems__(range(len(val)))
     with torch.no_grad():
-        _, pred = m.forecasts(batch)
+        pred = m.head.point(m.forecasts(batch)[1])  # the forecasts (B, H) from the head's parameters
         x, y = dm._tensors["fit"][:2]
         start = val.starts[0]
         for i in (0, 5, len(val.scored[0]) - 1):  # day t of the first ticker: one call over days 1..t
