@@ -71,7 +71,7 @@ class Streamer:
         dm.frames.pop("predict", None)
         dm.setup("predict")
         frame = dm.frames["predict"]
-        x, _, loc, scale, series, _ = dm.tensors(frame)
+        x, _, loc, scale, series, *_ = dm.tensors(frame)
         for start, n in runs(series, ~torch.isnan(x).any(1)):
             ticker = frame["ticker"].iat[start]
             if start + n < len(series) and series[start + n] == series[start]:
@@ -79,12 +79,17 @@ class Streamer:
             out, state = contract.call(self.model.net, x[None, start : start + n])
             self.states[ticker] = state
             end = start + n - 1
-            self.last[ticker] = (frame["time"].iat[end], out[0, -1] * scale[end] + loc[end])
+            self.last[ticker] = (frame["time"].iat[end], self.point(out[0, -1]) * scale[end] + loc[end])
         for ticker, rows in frame.groupby("ticker", sort=False):
             self.tails[ticker] = rows.tail(self.keep_rows).reset_index(drop=True)
         missing = sorted(set(self.tails) - set(self.states))
         if missing:
             raise ForecastingError(f"{path}: tickers {missing} end on a row whose features are not finite")
+
+    def point(self, out: torch.Tensor) -> torch.Tensor:
+        """The point forecast (H,) in scaled units from one step's outputs (the model's head:
+        a mean or median, which unscale like the target)."""
+        return self.model.head.point(self.model.head(out[None]))[0]
 
     @property
     def forecast(self) -> pd.DataFrame:
@@ -133,7 +138,7 @@ class Streamer:
         center, spread = np.asarray(dm.stats["center"][group]), np.asarray(dm.stats["scale"][group])
         x = torch.tensor((values - center) / spread, dtype=torch.float32).view(1, 1, -1)
         out, self.states[ticker] = contract.call(self.model.net, x, self.states[ticker])
-        forecast = out[0, -1] * dm.stats["target_scale"][group] + dm.stats["target_center"][group]
+        forecast = self.point(out[0, -1]) * dm.stats["target_scale"][group] + dm.stats["target_center"][group]
         self.tails[ticker], self.last[ticker] = tail, (new["time"], forecast)
         table = self.forecast
         return table[table["ticker"] == ticker].reset_index(drop=True)
