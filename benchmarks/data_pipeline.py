@@ -154,7 +154,7 @@ def batch_fetch(path: str, window: int, batch_sizes: list[int], batches: int, re
     train = dm.dataset("train")
     windows = train.x[train.ends - (window - 1)].numpy()  # materialised, as the common approach holds them
     targets = train.y[train.ends].numpy()
-    net = StackedRNN(len(FEATURES))
+    net = StackedRNN(len(FEATURES), 1)
     opt = torch.optim.AdamW(net.parameters())
     rows = []
     for batch in batch_sizes:

@@ -21,6 +21,7 @@ from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 
 from forecasting import baselines
 from forecasting.data import features as F
+from forecasting.data import scaling, source
 from forecasting.data.base import ForecastData
 from forecasting.data.io import (
     BAD_VALUE_POLICIES,
@@ -112,6 +113,7 @@ class PriceDataModule(ForecastData):
         predict_path: str | None = None,
         train_start: str | None = None,  # null: train on everything before val_start (backtest.py sets these two)
         test_end: str | None = None,  # null: test on everything from test_start on
+        cache_dir: str | None = None,  # null: <logger save_dir>/data_cache; a CSV's Parquet copy (source.py)
     ):
         super().__init__()
         features = list(features)
@@ -173,6 +175,9 @@ class PriceDataModule(ForecastData):
         self.predict_path = predict_path
         self.train_start = None if train_start is None else pd.Timestamp(train_start)
         self.test_end = None if test_end is None else pd.Timestamp(test_end)
+        self.cache_dir = cache_dir
+        self._pending_caches: list = []
+        self._preparing = False  # CSV caches kept once the run's checks pass (commit_caches)
         self.stats: dict | None = None  # fitted scaler; restored from a checkpoint by load_state_dict
         self.frames: dict[str, pd.DataFrame] = {}  # "fit" / "predict": validated rows with features
         self._datasets: dict[str, WindowDataset] = {}
@@ -195,65 +200,98 @@ class PriceDataModule(ForecastData):
         return [f"{self.target}_t+{h}" for h in range(1, self.horizon + 1)]
 
     # ---------------------------------------------------------------- reading
-    def load(self, path: str) -> pd.DataFrame:
-        """Validated rows of `path` with feature columns, per-row targets and split labels."""
+    def load(self, path: str, tickers: list[str] | None = None) -> pd.DataFrame:
+        """Validated rows of `path` (only `tickers`' rows if given, else data.tickers') with one column
+        `f:<name>` per feature and the target, plus time, ticker and line; the raw price columns are
+        dropped once the transforms are computed. Features are float32, the target float64 (baselines
+        and targets in full precision)."""
         report: dict = {}
+        wanted = self.tickers if tickers is None else tickers
         frame = read_prices(
             path, self.time_column, self.ticker_column, self.columns, self.adjust_column, self.date_format,
             self.missing, self.timezone, self.bad_values, self.max_flat_rows, report,
+            cache_dir=self.csv_cache_dir(), tickers=wanted, pending=self._pending_caches,
         )  # fmt: skip
         self.quality[path] = report
         if self.tickers is not None:
-            unknown = sorted(set(map(str, self.tickers)) - set(frame["ticker"]))
-            if unknown:
+            unknown = sorted(set(map(str, self.tickers)) - set(frame["ticker"].cat.categories))
+            if unknown and tickers is None:
                 raise ForecastingError(
                     f"{path}: data.tickers names {unknown}, not in the file's '{self.ticker_column}'"
                 )
-            frame = frame[frame["ticker"].isin(list(map(str, self.tickers)))].reset_index(drop=True)
-        keep = []
-        for ticker, rows in frame.groupby("ticker", sort=False):
-            if len(rows) < self.window + self.horizon:
-                warnings.warn(
-                    f"{path}: ticker '{ticker}' has {len(rows)} rows, fewer than data.window + data.horizon "
-                    f"= {self.window + self.horizon}; skipping it",
-                    stacklevel=2,
-                )
-            else:
-                keep.append(rows)
-        if not keep:
+        codes = frame["ticker"].cat.codes.to_numpy()
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        lengths = np.diff(np.r_[starts, len(codes)])
+        short = lengths < self.window + self.horizon
+        for start, length in zip(starts[short], lengths[short], strict=True):
+            warnings.warn(
+                f"{path}: ticker '{frame['ticker'].iat[start]}' has {length} rows, fewer than data.window + "
+                f"data.horizon = {self.window + self.horizon}; skipping it",
+                stacklevel=2,
+            )
+        if short.all():
             raise ForecastingError(
                 f"{path}: no ticker has data.window + data.horizon = {self.window + self.horizon} rows; "
                 "use a smaller window or a longer file"
             )
-        frame = pd.concat(keep, ignore_index=True)
-        # One array per transform, filled per ticker and assigned once (a per-ticker frame.loc
-        # assignment costs O(rows) each time: seconds for hundreds of tickers).
-        columns = {name: np.full(len(frame), np.nan) for name in dict.fromkeys([*self.features, self.target])}
-        for ticker, rows in frame.groupby("ticker", sort=False):
-            index = rows.index.to_numpy()
-            for name, column in columns.items():
+        if short.any():
+            frame = frame[np.repeat(~short, lengths)].reset_index(drop=True)
+            starts, lengths = starts[~short], lengths[~short]
+            starts = np.r_[0, np.cumsum(lengths)[:-1]]
+        # One array per transform, filled per ticker in place: features as float32 (what the model
+        # reads), the target as float64 (its scaler, targets and baselines keep full precision).
+        names = list(dict.fromkeys([*self.features, self.target]))
+        raw = {c: frame[c].to_numpy() for c in frame.columns if c not in ("ticker",)}
+        frame = frame[["time", "ticker", "line"]]  # the price columns now live in `raw` alone
+        # Transform by transform, each over every ticker, into its own array (features float32, what
+        # the model reads; the target float64, for its scaler, targets and baselines); a price column
+        # is freed as soon as no transform left needs it.
+        later = {c: max((i for i, n in enumerate(names) if c in F.required_columns([n])), default=0) for c in raw}
+        columns, problems = {}, []
+        for k, name in enumerate(names):
+            column = columns[name] = np.empty(len(frame), np.float64 if name == self.target else np.float32)
+            warm = F.warmup(name)
+            for t, (start, length) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
+                rows = pd.DataFrame({c: v[start : start + length] for c, v in raw.items()}, copy=False)
                 values = F.compute(rows, name)
-                warm = F.warmup(name)
                 bad = ~np.isfinite(values[warm:])
                 if bad.any():
-                    first = warm + int(np.flatnonzero(bad)[0])
-                    i = index[first]
-                    # Not finite right after the declared warm-up, at the series' very start: most likely a
-                    # transform that needs more warm-up rows than it declares (a rolling window).
-                    cause = (
-                        f"row {first + 1} of the ticker's series, just after its {warm} warm-up rows: if the "
-                        f"transform needs more history, register it with @transform(..., warmup=N)"
-                        if first == warm and name in F.TRANSFORMS and not np.isfinite(values[: warm + 1]).any()
-                        else "a zero price or volume, or a value the transform cannot take?"
-                    )
-                    raise ForecastingError(
-                        f"{path}: {where(Path(path), int(frame['line'].iat[i]))}: transform '{name}' is not finite for "
-                        f"ticker '{ticker}' on {stamp(frame['time'].iat[i])} ({cause}); fix the row"
-                    )
-                column[index] = values
-        for name, column in columns.items():
-            frame[f"f:{name}"] = column
-        return frame
+                    problems.append((t, k, start, warm + int(np.flatnonzero(bad)[0]), values[: warm + 1]))
+                column[start : start + length] = values
+            for c in [c for c, last in later.items() if last == k and c not in ("time", "line")]:
+                del raw[c], later[c]
+        if problems:  # the first ticker's first transform, as a row-by-row pass would find it
+            t, k, start, first, head = min(problems, key=lambda p: p[:2])
+            name, warm, i = names[k], F.warmup(names[k]), start + first
+            # Not finite right after the declared warm-up, at the series' very start: most likely a
+            # transform that needs more warm-up rows than it declares (a rolling window).
+            cause = (
+                f"row {first + 1} of the ticker's series, just after its {warm} warm-up rows: if the "
+                f"transform needs more history, register it with @transform(..., warmup=N)"
+                if first == warm and name in F.TRANSFORMS and not np.isfinite(head).any()
+                else "a zero price or volume, or a value the transform cannot take?"
+            )
+            raise ForecastingError(
+                f"{path}: {where(Path(path), int(frame['line'].iat[i]))}: transform '{name}' is not finite "
+                f"for ticker '{frame['ticker'].iat[i]}' on {stamp(frame['time'].iat[i])} ({cause}); fix the row"
+            )
+        del raw
+        source.release()
+        keep = {c: frame[c] for c in ("time", "ticker", "line")}
+        return pd.DataFrame({**keep, **{f"f:{n}": c for n, c in columns.items()}}, copy=False)
+
+    def csv_cache_dir(self) -> Path | None:
+        """Where a CSV's Parquet cache goes: data.cache_dir, else `data_cache` in the logger's folder."""
+        if self.cache_dir is not None:
+            return Path(self.cache_dir)
+        save_dir = getattr(self.trainer.logger, "save_dir", None) if self.trainer is not None else None
+        return Path(save_dir) / "data_cache" if save_dir else None
+
+    def commit_caches(self, keep: bool = True) -> None:
+        """Keep (or drop) the CSV caches written by this run's reads (source.CsvCache)."""
+        while self._pending_caches:
+            cache = self._pending_caches.pop()
+            cache.commit() if keep else cache.discard()
 
     def split_dates(self, times: pd.Series) -> tuple[pd.Timestamp, pd.Timestamp]:
         dates = np.sort(times.unique())
@@ -287,9 +325,17 @@ class PriceDataModule(ForecastData):
         stage = self.trainer.state.fn.value if self.trainer is not None else None
         if stage is None:
             return
-        self.setup(stage)
-        for split in {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ()):
-            self.dataset(split)
+        self._preparing = True
+        try:
+            self.setup(stage)
+            for split in {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ()):
+                self.dataset(split)
+        except BaseException:
+            self.commit_caches(keep=False)  # a refused run leaves no cache behind
+            raise
+        finally:
+            self._preparing = False
+        self.commit_caches()
         self.report_quality()
 
     def report_quality(self) -> None:
@@ -320,13 +366,17 @@ class PriceDataModule(ForecastData):
             if self.stats is None:
                 self.stats = self.fit_stats(frame, val, test)
                 self.audit()
+        if not self._preparing:
+            self.commit_caches()
 
-    def scaler_rows(self, frame: pd.DataFrame, val: pd.Timestamp) -> pd.DataFrame:
-        """The rows the scaler learns from: every row before the validation start, no later one."""
-        keep = frame["time"] < val
+    def scaler_rows(self, frame: pd.DataFrame, val: pd.Timestamp) -> np.ndarray:
+        """The rows the scaler learns from (a boolean mask; the rows themselves also do): every row
+        before the validation start, no later one."""
+        times = frame["time"].to_numpy()
+        keep = times < np.datetime64(val)
         if self.train_start is not None:
-            keep &= frame["time"] >= self.train_start
-        return frame[keep]
+            keep &= times >= np.datetime64(self.train_start)
+        return keep
 
     def audit(self) -> None:
         """Leakage audit: refuse a scaler that saw a validation or test target's day."""
@@ -340,14 +390,28 @@ class PriceDataModule(ForecastData):
 
     def fit_stats(self, frame: pd.DataFrame, val: pd.Timestamp, test: pd.Timestamp) -> dict:
         train = self.scaler_rows(frame, val)
-        groups = train.groupby("ticker", sort=False) if self.scale_per_ticker else [("*", train)]
+        if isinstance(train, pd.DataFrame):  # an override may return the rows rather than a mask
+            train = frame.index.isin(train.index)
+        train = np.asarray(train, dtype=bool)
+        ticker = frame["ticker"]
+        codes = ticker.cat.codes.to_numpy()
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        bounds = zip(starts.tolist(), np.r_[starts[1:], len(codes)].tolist(), strict=True)
+        if self.scale_per_ticker:  # rows are sorted by ticker: one slice each
+            groups = [(ticker.iat[a], slice(a, b)) for a, b in bounds if train[a:b].any()]
+        else:
+            groups = [("*", slice(0, len(codes)))]
         stats = {"tickers": [], "center": [], "scale": [], "target_center": [], "target_scale": []}
-        for ticker, rows in groups:
-            where = f"{self.path} (ticker '{ticker}', rows before {stamp(val)})"
-            cols = [f"f:{n}" for n in self.features]
-            center, scale = fit_scaler(self.scaler, rows[cols].to_numpy(), self.features, where)
-            t_center, t_scale = fit_scaler(self.scaler, rows[[f"f:{self.target}"]].to_numpy(), [self.target], where)
-            stats["tickers"].append(ticker)
+        for name, part in groups:
+            where = f"{self.path} (ticker '{name}', rows before {stamp(val)})"
+            mask = train[part]
+
+            def column(n, part=part, mask=mask):
+                return lambda: frame[f"f:{n}"].to_numpy()[part][mask]
+
+            center, scale = scaling.fit(self.scaler, [column(n) for n in self.features], self.features, where)
+            t_center, t_scale = scaling.fit(self.scaler, [column(self.target)], [self.target], where)
+            stats["tickers"].append(name)
             stats["center"].append(center)
             stats["scale"].append(scale)
             stats["target_center"].append(t_center[0])
@@ -356,25 +420,35 @@ class PriceDataModule(ForecastData):
             features=list(self.features), target=self.target, horizon=self.horizon, scaler=self.scaler,
             val_start=val.isoformat(), test_start=test.isoformat(),
         )  # fmt: skip
-        series, ticker = frame[f"f:{self.target}"].to_numpy(), frame["ticker"].to_numpy()
-        targets = future(series, pd.factorize(ticker)[0], self.horizon)
+        series, ids = frame[f"f:{self.target}"].to_numpy(), self.series_ids(frame)
+        targets = future(series, ids, self.horizon)
         first, last = self.target_times(frame)
         in_train = (last < np.datetime64(val)) & np.isfinite(targets).all(1)
         if self.train_start is not None:
             in_train &= first >= np.datetime64(self.train_start)
-        stats["baselines"] = baselines.fit(series, ticker, targets, in_train, self.target)
+        stats["baselines"] = baselines.fit(series, ids, targets, in_train, self.target)
         # Leakage audit trail: first and last time each part of the pipeline covers (ISO strings,
         # in the checkpoint and the hparams). Splits add their target times in dataset().
-        stats["ranges"] = {"scaler": [d.isoformat() for d in (train["time"].min(), train["time"].max())]}
+        times = frame["time"].to_numpy()[train]
+        if len(times) == 0:
+            raise ForecastingError(f"{self.path}: no training rows to fit the scaler; move data.val_start later")
+        stats["ranges"] = {"scaler": [pd.Timestamp(d).isoformat() for d in (times.min(), times.max())]}
         if in_train.any():  # the target times the baselines (training mean, HAR) were fitted on
             days = (first[in_train].min(), last[in_train].max())
             stats["ranges"]["baselines"] = [pd.Timestamp(d).isoformat() for d in days]
         return stats
 
+    @staticmethod
+    def series_ids(frame: pd.DataFrame) -> np.ndarray:
+        """0, 1, 2, ... per ticker in row order (rows are sorted by ticker), int64."""
+        codes = frame["ticker"].cat.codes.to_numpy()
+        return np.r_[0, np.cumsum(codes[1:] != codes[:-1])].astype(np.int64)
+
     # ---------------------------------------------------------------- tensors
     def tensors(self, frame: pd.DataFrame):
         """Per row: scaled inputs (rows, F), scaled targets (rows, H), target loc and scale, ticker id,
-        and each baseline's forecast (rows, H) in original units."""
+        and each baseline's forecast (rows, H) in original units. Built column by column into float32:
+        nothing of size rows x features in float64 exists at any time."""
         if self.stats is None:
             raise ForecastingError("predict on data.predict_path needs a trained model: pass --ckpt_path")
         if self.stats["features"] != self.features or self.stats["target"] != self.target:
@@ -382,32 +456,45 @@ class PriceDataModule(ForecastData):
                 f"the checkpoint was trained on features {self.stats['features']} and target "
                 f"'{self.stats['target']}', but data.features={self.features}, data.target='{self.target}'"
             )
+        n = len(frame)
+        center, scale = np.asarray(self.stats["center"]), np.asarray(self.stats["scale"])
+        t_center, t_scale = np.asarray(self.stats["target_center"]), np.asarray(self.stats["target_scale"])
         if self.stats["tickers"] == ["*"]:
-            group = np.zeros(len(frame), dtype=np.int64)
+            group = None
+            t_loc = torch.tensor(t_center, dtype=torch.float32).expand(n)  # one value, no copy per row
+            t_scl = torch.tensor(t_scale, dtype=torch.float32).expand(n)
         else:
             known = {t: i for i, t in enumerate(self.stats["tickers"])}
-            unknown = sorted(set(frame["ticker"]) - set(known))
+            unknown = sorted(set(frame["ticker"].cat.categories) - set(known))
             if unknown:
                 raise ForecastingError(f"tickers {unknown} were not in training; scale_per_ticker needs known tickers")
-            group = frame["ticker"].map(known).to_numpy()
-        center, scale = np.asarray(self.stats["center"])[group], np.asarray(self.stats["scale"])[group]
-        x = (frame[[f"f:{n}" for n in self.features]].to_numpy() - center) / scale
-        t_loc = np.asarray(self.stats["target_center"])[group]
-        t_scale = np.asarray(self.stats["target_scale"])[group]
-        series = pd.factorize(frame["ticker"])[0]
+            categories = frame["ticker"].cat.categories
+            group = np.array([known[t] for t in categories], dtype=np.int64)[frame["ticker"].cat.codes.to_numpy()]
+            t_loc = torch.from_numpy(t_center[group].astype(np.float32))
+            t_scl = torch.from_numpy(t_scale[group].astype(np.float32))
+        x = np.empty((n, len(self.features)), dtype=np.float32)
+        for j, name in enumerate(self.features):
+            c, s = (center[0, j], scale[0, j]) if group is None else (center[group, j], scale[group, j])
+            x[:, j] = (frame[f"f:{name}"].to_numpy().astype(np.float64, copy=False) - c) / s
+        series = self.series_ids(frame)
         raw = frame[f"f:{self.target}"].to_numpy()
-        y = (future(raw, series, self.horizon) - t_loc[:, None]) / t_scale[:, None]
-        base = baselines.forecast_rows(raw, frame["ticker"].to_numpy(), self.stats["baselines"], self.horizon)
-
-        def f32(a):
-            return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-
-        base = {name: f32(b) for name, b in base.items()}
-        return f32(x), f32(y), f32(t_loc), f32(t_scale), torch.from_numpy(series), base
+        loc, scl = (t_center[0], t_scale[0]) if group is None else (t_center[group], t_scale[group])
+        y = np.full((n, self.horizon), np.nan, dtype=np.float32)
+        for h in range(1, self.horizon + 1):  # future(), one horizon at a time
+            same = series[h:] == series[:-h]
+            at = slice(None) if group is None else slice(None, -h)  # the row's own ticker's scaling
+            loc_h, scl_h = (loc, scl) if group is None else (loc[at], scl[at])
+            y[:-h, h - 1] = np.where(same, (raw[h:] - loc_h) / scl_h, np.nan)
+        base = baselines.forecast_rows(raw, series, self.stats["baselines"], self.horizon, np.float32)
+        base = {
+            name: torch.from_numpy(b[:1].copy()).expand(n, -1) if b.strides[0] == 0 else torch.from_numpy(b)
+            for name, b in base.items()
+        }  # a broadcast row (the training mean) stays one row
+        return torch.from_numpy(x), torch.from_numpy(y), t_loc, t_scl, torch.from_numpy(series), base
 
     def target_times(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Date of the first and last target day of the sample ending on each row (NaT if none)."""
-        series = pd.factorize(frame["ticker"])[0]
+        series = self.series_ids(frame)
         times = frame["time"].to_numpy()
         first = np.full(len(frame), np.datetime64("NaT"), dtype=times.dtype)
         last = first.copy()
