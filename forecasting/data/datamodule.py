@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 
 from forecasting import baselines
 from forecasting.data import features as F
@@ -45,35 +44,7 @@ def future(values: np.ndarray, series: np.ndarray, horizon: int) -> np.ndarray:
     return out
 
 
-SCALERS = {"standard": StandardScaler, "robust": RobustScaler, "minmax": MinMaxScaler, "none": None}
 STAGES = ("train", "val", "test")
-
-
-def fit_scaler(name: str, values: np.ndarray, labels: list[str], where: str) -> tuple[list[float], list[float]]:
-    """Fit scaler `name` per column, ignoring NaN; return it as (center, scale) lists.
-
-    Every scaler is stored as x_scaled = (x - center) / scale, plain floats, so a
-    checkpoint carries it and loads with torch.load(weights_only=True).
-    """
-    if len(values) == 0 or np.isnan(values).all(axis=0).any():
-        raise ForecastingError(f"{where}: no training rows to fit the scaler; move data.val_start later")
-    spread = np.nanmax(values, axis=0) - np.nanmin(values, axis=0)
-    if (spread == 0).any():
-        label = labels[int(np.flatnonzero(spread == 0)[0])]
-        raise ForecastingError(
-            f"{where}: '{label}' is constant on the training rows (zero variance); "
-            "drop it from data.features or check the file"
-        )
-    if SCALERS[name] is None:
-        return [0.0] * values.shape[1], [1.0] * values.shape[1]
-    scaler = SCALERS[name]().fit(values)
-    if name == "standard":
-        center, scale = scaler.mean_, scaler.scale_
-    elif name == "robust":
-        center, scale = scaler.center_, scaler.scale_
-    else:  # minmax: x * scale_ + min_  ==  (x - (-min_ / scale_)) / (1 / scale_)
-        center, scale = -scaler.min_ / scaler.scale_, 1 / scaler.scale_
-    return [float(v) for v in center], [float(v) for v in scale]
 
 
 class PriceDataModule(ForecastData):
@@ -156,8 +127,8 @@ class PriceDataModule(ForecastData):
             )
         if missing not in MISSING_POLICIES:
             raise ForecastingError(f"data.missing: unknown policy '{missing}'; use one of {list(MISSING_POLICIES)}")
-        if scaler not in SCALERS:
-            raise ForecastingError(f"data.scaler: unknown scaler '{scaler}'; use one of {list(SCALERS)}")
+        if scaler not in scaling.SCALER_NAMES:
+            raise ForecastingError(f"data.scaler: unknown scaler '{scaler}'; use one of {list(scaling.SCALER_NAMES)}")
         for key, value in {"val_start": val_start, "test_start": test_start}.items():
             if isinstance(value, float) and not 0 < value < 1:
                 raise ForecastingError(f"data.{key}: a fraction must lie in (0, 1), got {value}")
@@ -236,6 +207,7 @@ class PriceDataModule(ForecastData):
             )
         if short.any():
             frame = frame[np.repeat(~short, lengths)].reset_index(drop=True)
+            frame["ticker"] = frame["ticker"].cat.remove_unused_categories()
             starts, lengths = starts[~short], lengths[~short]
             starts = np.r_[0, np.cumsum(lengths)[:-1]]
         # One array per transform, filled per ticker in place: features as float32 (what the model
