@@ -11,6 +11,7 @@ dropped), so no validation or test target is ever a training target. Its
 inputs may look back into earlier splits, as they would in live use.
 """
 
+import os
 import warnings
 from pathlib import Path
 
@@ -20,14 +21,16 @@ import torch
 
 from forecasting import baselines
 from forecasting.data import features as F
-from forecasting.data import scaling, source
+from forecasting.data import scaling, sharding, source
 from forecasting.data.base import ForecastData
 from forecasting.data.io import (
     BAD_VALUE_POLICIES,
+    CSV_SUFFIXES,
     MISSING_POLICIES,
     check_timezone,
     quality_report,
     read_prices,
+    read_table,
     stamp,
     where,
 )  # fmt: skip
@@ -85,6 +88,7 @@ class PriceDataModule(ForecastData):
         train_start: str | None = None,  # null: train on everything before val_start (backtest.py sets these two)
         test_end: str | None = None,  # null: test on everything from test_start on
         cache_dir: str | None = None,  # null: <logger save_dir>/data_cache; a CSV's Parquet copy (source.py)
+        shard_by_rank: bool = False,  # under DDP each rank loads only its share of the tickers (sharding.py)
     ):
         super().__init__()
         features = list(features)
@@ -147,8 +151,10 @@ class PriceDataModule(ForecastData):
         self.train_start = None if train_start is None else pd.Timestamp(train_start)
         self.test_end = None if test_end is None else pd.Timestamp(test_end)
         self.cache_dir = cache_dir
-        self._pending_caches: list = []
-        self._preparing = False  # CSV caches kept once the run's checks pass (commit_caches)
+        self._pending_caches: list = []  # CSV caches kept once the run's checks pass (commit_caches)
+        self._preparing = False
+        self.shard_by_rank = shard_by_rank
+        self.sharded = False  # set by setup: this rank holds only its share of the tickers
         self.stats: dict | None = None  # fitted scaler; restored from a checkpoint by load_state_dict
         self.frames: dict[str, pd.DataFrame] = {}  # "fit" / "predict": validated rows with features
         self._datasets: dict[str, WindowDataset] = {}
@@ -297,6 +303,16 @@ class PriceDataModule(ForecastData):
         stage = self.trainer.state.fn.value if self.trainer is not None else None
         if stage is None:
             return
+        if self.shard_by_rank and sharding.world()[1] > 1 and self.frame_key(stage) == "fit":
+            # Other ranks wait at a barrier: no collectives here, so no checks either (setup does them on
+            # every rank); only parse a CSV once, for every rank to read from the cache.
+            text = (self.ticker_column,) if self.ticker_column else ()
+            cache_dir = self.csv_cache_dir()
+            if cache_dir is not None and Path(self.path).suffix.lower() in CSV_SUFFIXES:
+                cache = read_table(self.path, None, text, cache_dir)[3]
+                if cache is not None:
+                    cache.commit()
+            return
         self._preparing = True
         try:
             self.setup(stage)
@@ -331,6 +347,8 @@ class PriceDataModule(ForecastData):
         which = self.frame_key(stage)
         if which in self.frames:
             return
+        if which == "fit" and stage != "predict" and self.shard_by_rank and sharding.world()[1] > 1:
+            return self.setup_shard()
         self.frames[which] = self.load(self.predict_path if which == "predict" else self.path)
         if which == "fit":
             frame = self.frames["fit"]
@@ -340,6 +358,49 @@ class PriceDataModule(ForecastData):
                 self.audit()
         if not self._preparing:
             self.commit_caches()
+
+    def share(self) -> list[str] | None:
+        """This rank's tickers (sharding.py), or None: load them all."""
+        if self.ticker_column is None:
+            return None
+        text = (self.ticker_column,)
+        names = read_table(self.path, [self.ticker_column], text, self.csv_cache_dir())[0][self.ticker_column]
+        counts = names.astype(str).str.strip().value_counts()
+        if self.tickers is not None:
+            unknown = sorted(set(map(str, self.tickers)) - set(counts.index))
+            if unknown:
+                raise ForecastingError(
+                    f"{self.path}: data.tickers names {unknown}, not in the file's '{self.ticker_column}'"
+                )
+            counts = counts[[str(t).strip() for t in dict.fromkeys(self.tickers)]]
+        rank, size = sharding.world()
+        blocks = sharding.split(list(counts.index), counts.tolist(), size)
+        return None if blocks is None else blocks[rank]
+
+    def setup_shard(self) -> None:
+        """setup('fit') of one DDP rank holding its share of the tickers: statistics combined over all
+        ranks, equal to one process's; a problem on any rank stops every rank with its message."""
+
+        def agreed(step):
+            try:
+                out, error = step(), None
+            except ForecastingError as err:
+                out, error = None, str(err)
+            errors = [e for e in sharding.gather(error) if e]
+            if errors:
+                raise ForecastingError(errors[0])
+            return out
+
+        share = agreed(self.share)
+        self.sharded = share is not None
+        frame = self.frames["fit"] = agreed(lambda: self.load(self.path, tickers=share))
+        times = np.unique(np.concatenate(sharding.gather(np.unique(frame["time"].to_numpy()))))
+        val, test = self.split_dates(pd.Series(times))
+        if self.stats is None:
+            self.stats = self.fit_stats(frame, val, test, sharding.gather if self.sharded else None)
+            self.audit()
+        if self.sharded:  # every rank needs windows in every split, or the others would wait for it
+            agreed(lambda: [self.dataset(s) for s in STAGES])
 
     def scaler_rows(self, frame: pd.DataFrame, val: pd.Timestamp) -> np.ndarray:
         """The rows the scaler learns from (a boolean mask; the rows themselves also do): every row
@@ -360,7 +421,9 @@ class PriceDataModule(ForecastData):
             )
         self.hparams["ranges"] = self.stats["ranges"]  # logged with the hyperparameters
 
-    def fit_stats(self, frame: pd.DataFrame, val: pd.Timestamp, test: pd.Timestamp) -> dict:
+    def fit_stats(self, frame: pd.DataFrame, val: pd.Timestamp, test: pd.Timestamp, gather=None) -> dict:
+        """Scaler, baselines and ranges from the training rows. `gather(obj)`: every DDP rank's `obj`
+        (ranks holding different tickers, sharding.py); None: this process holds every row."""
         train = self.scaler_rows(frame, val)
         if isinstance(train, pd.DataFrame):  # an override may return the rows rather than a mask
             train = frame.index.isin(train.index)
@@ -373,21 +436,33 @@ class PriceDataModule(ForecastData):
             groups = [(ticker.iat[a], slice(a, b)) for a, b in bounds if train[a:b].any()]
         else:
             groups = [("*", slice(0, len(codes)))]
-        stats = {"tickers": [], "center": [], "scale": [], "target_center": [], "target_scale": []}
-        for name, part in groups:
-            where = f"{self.path} (ticker '{name}', rows before {stamp(val)})"
-            mask = train[part]
+        # Per ticker, each rank fits its own tickers; one scaler for all combines every rank's moments.
+        pooled = None if self.scale_per_ticker else gather
+        keys = ("tickers", "center", "scale", "target_center", "target_scale")
+        stats, error = {k: [] for k in keys}, None
+        try:
+            for name, part in groups:
+                where = f"{self.path} (ticker '{name}', rows before {stamp(val)})"
+                mask = train[part]
 
-            def column(n, part=part, mask=mask):
-                return lambda: frame[f"f:{n}"].to_numpy()[part][mask]
+                def column(n, part=part, mask=mask):
+                    return lambda: frame[f"f:{n}"].to_numpy()[part][mask]
 
-            center, scale = scaling.fit(self.scaler, [column(n) for n in self.features], self.features, where)
-            t_center, t_scale = scaling.fit(self.scaler, [column(self.target)], [self.target], where)
-            stats["tickers"].append(name)
-            stats["center"].append(center)
-            stats["scale"].append(scale)
-            stats["target_center"].append(t_center[0])
-            stats["target_scale"].append(t_scale[0])
+                inputs = [column(n) for n in self.features]
+                center, scale = scaling.fit(self.scaler, inputs, self.features, where, pooled)
+                t_center, t_scale = scaling.fit(self.scaler, [column(self.target)], [self.target], where, pooled)
+                for key, value in zip(keys, (name, center, scale, t_center[0], t_scale[0]), strict=True):
+                    stats[key].append(value)
+        except ForecastingError as err:
+            if gather is None or pooled is not None:  # (pooled: every rank raised the same)
+                raise
+            error = str(err)
+        if self.scale_per_ticker and gather is not None:  # ranks hold sorted blocks: rank order is ticker order
+            parts = gather((stats, error))
+            errors = [e for _, e in parts if e]
+            if errors:
+                raise ForecastingError(errors[0])
+            stats = {k: [v for p, _ in parts for v in p[k]] for k in keys}
         stats.update(
             features=list(self.features), target=self.target, horizon=self.horizon, scaler=self.scaler,
             val_start=val.isoformat(), test_start=test.isoformat(),
@@ -398,16 +473,21 @@ class PriceDataModule(ForecastData):
         in_train = (last < np.datetime64(val)) & np.isfinite(targets).all(1)
         if self.train_start is not None:
             in_train &= first >= np.datetime64(self.train_start)
-        stats["baselines"] = baselines.fit(series, ids, targets, in_train, self.target)
+        stats["baselines"] = baselines.fit(series, ids, targets, in_train, self.target, gather)
         # Leakage audit trail: first and last time each part of the pipeline covers (ISO strings,
         # in the checkpoint and the hparams). Splits add their target times in dataset().
         times = frame["time"].to_numpy()[train]
-        if len(times) == 0:
+        spans = [(times.min(), times.max()) if len(times) else None]
+        spans = [s for s in (gather(spans[0]) if gather else spans) if s is not None]
+        if not spans:
             raise ForecastingError(f"{self.path}: no training rows to fit the scaler; move data.val_start later")
-        stats["ranges"] = {"scaler": [pd.Timestamp(d).isoformat() for d in (times.min(), times.max())]}
-        if in_train.any():  # the target times the baselines (training mean, HAR) were fitted on
-            days = (first[in_train].min(), last[in_train].max())
-            stats["ranges"]["baselines"] = [pd.Timestamp(d).isoformat() for d in days]
+        scaler_days = (min(s[0] for s in spans), max(s[1] for s in spans))
+        stats["ranges"] = {"scaler": [pd.Timestamp(d).isoformat() for d in scaler_days]}
+        days = [(first[in_train].min(), last[in_train].max()) if in_train.any() else None]
+        days = [d for d in (gather(days[0]) if gather else days) if d is not None]
+        if days:  # the target times the baselines (training mean, HAR) were fitted on
+            span = (min(d[0] for d in days), max(d[1] for d in days))
+            stats["ranges"]["baselines"] = [pd.Timestamp(d).isoformat() for d in span]
         return stats
 
     @staticmethod
@@ -510,6 +590,17 @@ class PriceDataModule(ForecastData):
         base = None if stage == "train" else base  # baselines are scored on val/test, not trained against
         self._datasets[stage] = WindowDataset(x, y, t_loc, t_scale, ends, self.window, dense=dense, baselines=base)
         return self._datasets[stage]
+
+    def train_sampler(self, dataset):
+        if not self.sharded:
+            return super().train_sampler(dataset)
+        # Every rank makes as many steps: the longest share sets the epoch, shorter ones repeat samples.
+        length = max(sharding.gather(len(dataset)))
+        return sharding.LocalSampler(dataset, length, shuffle=True, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
+
+    def eval_sampler(self, dataset, ranks: dict):
+        # A sharded rank's val/test windows are its own already: each is scored by exactly one rank.
+        return sharding.LocalSampler(dataset) if self.sharded else super().eval_sampler(dataset, ranks)
 
     def describe_rows(self, rows: torch.Tensor, stage: str = "predict") -> pd.DataFrame:
         """Date (full timestamp for intraday data) and ticker of the window ending at each row index."""
