@@ -123,6 +123,91 @@ def in_child(*args) -> dict:
     return out
 
 
+def lean_build(path: str, window: int, cache_dir: str, queue, rank: int = 0, world: int = 1, init: str = "") -> None:
+    """Child process (one DDP rank when world > 1): setup('fit') and the three data sets; time and peak memory."""
+    import pyarrow.parquet  # noqa: F401  imported before the baseline: a fixed cost, not the build's
+    import torch.distributed as dist
+
+    from forecasting.data.datamodule import PriceDataModule
+
+    if world > 1:
+        dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+    base = rss_kb("VmRSS")
+    start = time.perf_counter()
+    dm = PriceDataModule(path=path, columns=COLUMNS, features=FEATURES, target="gk_log_var", window=window,
+                         cache_dir=cache_dir, shard_by_rank=world > 1)  # fmt: skip
+    dm.setup("fit")
+    windows = sum(len(dm.dataset(s)) for s in ("train", "val", "test"))
+    queue.put({"rank": rank, "seconds": time.perf_counter() - start, "peak_mb": (rss_kb("VmHWM") - base) / 1024,
+               "rows": len(dm.frames["fit"]), "windows": windows})  # fmt: skip
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def lean_run(path: str, window: int, cache_dir: str, world: int) -> list[dict]:
+    """Build in `world` fresh processes (one per rank); each reports its own peak."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    init = f"file://{cache_dir}/rendezvous-{time.time_ns()}"
+    procs = [
+        ctx.Process(target=lean_build, args=(path, window, cache_dir, queue, r, world, init)) for r in range(world)
+    ]
+    for p in procs:
+        p.start()
+    out = sorted((queue.get() for _ in procs), key=lambda r: r["rank"])
+    for p in procs:
+        p.join()
+    return out
+
+
+def big_table(rows: int, csv_rows: int, window: int, ranks: int) -> None:
+    """Table 3: the lean path at `rows` (Parquet, as the CSV cache is) and a CSV of `csv_rows`, cold then cached."""
+    f = len(FEATURES)
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = []
+        if csv_rows:
+            csv = Path(tmp) / f"synthetic_{csv_rows}.csv"
+            frame_path = Path(tmp) / "tmp.parquet"
+            write_synthetic(frame_path, csv_rows)
+            pd.read_parquet(frame_path).to_csv(csv, index=False)
+            frame_path.unlink()
+            cache = str(Path(tmp) / "cache_csv")
+            runs.append((csv_rows, "CSV, cold (parsed, cache written)", csv, cache, 1))
+            runs.append((csv_rows, "CSV, cached (read from the Parquet cache)", csv, cache, 1))
+        parquet = Path(tmp) / f"synthetic_{rows}.parquet"
+        start = time.perf_counter()
+        write_synthetic(parquet, rows)
+        print(f"#   wrote {rows:,} rows ({os.path.getsize(parquet) / 2**20:.0f} MB Parquet) in "
+              f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
+        runs.append((rows, "Parquet (= the cache), 1 process", parquet, str(Path(tmp) / "cache"), 1))
+        if ranks > 1:
+            runs.append(
+                (rows, f"Parquet (= the cache), {ranks} ranks, shard_by_rank", parquet, str(Path(tmp) / "cache"), ranks)
+            )
+        for n, label, path, cache, world in runs:
+            Path(cache).mkdir(exist_ok=True)
+            out = lean_run(str(path), window, cache, world)
+            array_mb = n * f * 4 / 2**20
+            for r in out:
+                share = r["rows"] * f * 4 / 2**20
+                lines.append(
+                    f"| {n:,} | {label} | {r['rank'] if world > 1 else '-'} | {r['rows']:,} | {r['seconds']:.1f} "
+                    f"| {r['peak_mb']:,.0f} | {r['peak_mb'] * 2**20 / (r['rows'] * f):.0f} | {share:,.0f} "
+                    f"| {r['peak_mb'] / share:.1f} | {r['peak_mb'] / array_mb:.2f} |"
+                )
+            print(f"#   {label}: {[round(r['seconds'], 1) for r in out]} s", flush=True)
+    print(f"\nTable 3: lean set-up (setup('fit') + train/val/test data sets), {f} features, window {window}; "
+          "fresh process per run, peak = VmHWM minus resident memory before the build\n")  # fmt: skip
+    print("| rows in file | source | rank | rows loaded | set-up s | peak MB | peak bytes / value loaded "
+          "| float32 array of rows loaded MB | peak / that array | peak / whole file's float32 array |")  # fmt: skip
+    print("|--:|:--|--:|--:|--:|--:|--:|--:|--:|--:|")
+    print("\n".join(lines))
+
+
 class PerWindow(torch.utils.data.Dataset):
     """The common approach: every window materialised up front, one `__getitem__` per window."""
 
@@ -154,7 +239,7 @@ def batch_fetch(path: str, window: int, batch_sizes: list[int], batches: int, re
     train = dm.dataset("train")
     windows = train.x[train.ends - (window - 1)].numpy()  # materialised, as the common approach holds them
     targets = train.y[train.ends].numpy()
-    net = StackedRNN(len(FEATURES))
+    net = StackedRNN(len(FEATURES), 1)
     opt = torch.optim.AdamW(net.parameters())
     rows = []
     for batch in batch_sizes:
@@ -187,8 +272,16 @@ if __name__ == "__main__":
     parser.add_argument("--batches", type=int, default=50, help="batches timed per loader and repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--big-rows", type=int, default=0, help="Table 3 (lean set-up) at this many rows (0: skip)")
+    parser.add_argument("--csv-rows", type=int, default=0, help="Table 3: a CSV of this many rows, cold and cached")
+    parser.add_argument("--ranks", type=int, default=2, help="Table 3: also build with this many gloo ranks")
+    parser.add_argument("--only-big", action="store_true", help="Table 3 alone")
     args = parser.parse_args()
     begin(f"numpy {np.__version__}", f"pandas {pd.__version__}", threads=args.threads)
+    if args.big_rows:
+        big_table(args.big_rows, args.csv_rows, args.window, args.ranks)
+        if args.only_big:
+            raise SystemExit
     sizes = sorted({*args.naive_rows, args.rows})
     results = []
     with tempfile.TemporaryDirectory() as tmp:

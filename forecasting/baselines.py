@@ -28,30 +28,74 @@ def har_regressors(series: np.ndarray, ticker: np.ndarray) -> np.ndarray:
     return out
 
 
-def fit(series: np.ndarray, ticker: np.ndarray, targets: np.ndarray, train: np.ndarray, target: str) -> dict:
+# HAR regressors are built for this many rows at a time (whole tickers): a (rows, 4) float64
+# matrix of the whole file would be the largest array of the data pipeline.
+CHUNK_ROWS = 1 << 20
+
+
+def chunks(ticker: np.ndarray, size: int = CHUNK_ROWS):
+    """Slices of about `size` rows that never split a ticker (rows sorted by ticker)."""
+    starts = np.flatnonzero(np.r_[True, ticker[1:] != ticker[:-1]])
+    cuts = [0]
+    for start in starts[1:].tolist():
+        if start - cuts[-1] >= size:
+            cuts.append(start)
+    cuts.append(len(ticker))
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        if b > a:
+            yield slice(a, b)
+
+
+def har_moments(series: np.ndarray, ticker: np.ndarray, targets: np.ndarray, train: np.ndarray):
+    """X'X (4, 4) and X'y (4, H) of the HAR regression over the training rows, summed chunk by chunk;
+    parts (DDP ranks) add them up."""
+    xtx, xty = np.zeros((1 + len(HAR_LAGS),) * 2), np.zeros((1 + len(HAR_LAGS), targets.shape[1]))
+    for part in chunks(ticker):
+        x = har_regressors(series[part], ticker[part])
+        ok = train[part] & np.isfinite(x).all(1)
+        x, y = x[ok], targets[part][ok]
+        xtx += x.T @ x
+        xty += x.T @ y
+    return xtx, xty
+
+
+def fit(
+    series: np.ndarray, ticker: np.ndarray, targets: np.ndarray, train: np.ndarray, target: str, gather=None
+) -> dict:
     """Baseline parameters from the training samples (`train`: rows whose targets are all training targets).
 
-    series: (rows,) target series in original units; targets: (rows, H) the values to forecast.
+    series: (rows,) target series in original units, rows sorted by ticker; targets: (rows, H) the values
+    to forecast. `gather(obj)`: every process's `obj` (DDP ranks holding different tickers; None: one).
+    The HAR regression is solved from its normal equations, summed over chunks and processes.
     """
-    params = {"target_mean": [float(v) for v in targets[train].mean(0)], "har_beta": None}
+    gather = gather or (lambda obj: [obj])
+    sums = gather((targets[train].sum(0), int(train.sum())))
+    total, count = sum(s for s, _ in sums), sum(n for _, n in sums)
+    params = {"target_mean": [float(v) for v in total / count], "har_beta": None}
     if target in LOG_VARIANCE_TARGETS:
-        x = har_regressors(series, ticker)
-        ok = train & np.isfinite(x).all(1)
-        beta, *_ = np.linalg.lstsq(x[ok], targets[ok], rcond=None)
+        parts = gather(har_moments(series, ticker, targets, train))
+        xtx, xty = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        beta, *_ = np.linalg.lstsq(xtx, xty, rcond=None)
         params["har_beta"] = beta.tolist()
     return params
 
 
-def forecast_rows(series: np.ndarray, ticker: np.ndarray, params: dict, horizon: int) -> dict[str, np.ndarray]:
-    """Each baseline's forecast for the sample ending on every row: name -> (rows, horizon)."""
+def forecast_rows(
+    series: np.ndarray, ticker: np.ndarray, params: dict, horizon: int, dtype=np.float64
+) -> dict[str, np.ndarray]:
+    """Each baseline's forecast for the sample ending on every row: name -> (rows, horizon) of `dtype`;
+    `mean` is one row broadcast (read-only, no memory per row)."""
     out = {
-        "naive": np.repeat(series[:, None], horizon, axis=1),
-        "mean": np.broadcast_to(np.asarray(params["target_mean"]), (len(series), horizon)).copy(),
+        "naive": np.repeat(series[:, None].astype(dtype), horizon, axis=1),
+        "mean": np.broadcast_to(np.asarray(params["target_mean"], dtype=dtype), (len(series), horizon)),
     }
     if params.get("har_beta") is not None:
-        har = har_regressors(series, ticker) @ np.asarray(params["har_beta"])
-        # Rows with less than 22 days of history have no HAR forecast: fall back to naive.
-        out["har"] = np.where(np.isfinite(har), har, out["naive"])
+        beta = np.asarray(params["har_beta"])
+        har = out["har"] = np.empty((len(series), horizon), dtype=dtype)
+        for part in chunks(ticker):
+            forecast = har_regressors(series[part], ticker[part]) @ beta
+            # Rows with less than 22 days of history have no HAR forecast: fall back to naive.
+            har[part] = np.where(np.isfinite(forecast), forecast, series[part, None])
     return out
 
 

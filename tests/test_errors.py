@@ -6,6 +6,7 @@ import pytest
 
 from forecasting.cli import main
 from forecasting.data.datamodule import PriceDataModule
+from forecasting.data.io import read_prices
 from forecasting.errors import ForecastingError
 from tests.conftest import dm_kwargs
 
@@ -86,7 +87,8 @@ def test_missing_policy_fills_or_drops(tmp_path, prices, policy):
     dm.setup("fit")
     frame = dm.frames["fit"]
     assert len(frame) == 600 - (1 if policy == "ffill" else 2)  # nothing to carry into the first row
-    aaa = frame[frame.ticker == "AAA"].set_index("line")
+    rows = read_prices(dm.path, "date", "ticker", dm.columns, missing=policy)  # the frame keeps features only
+    aaa = rows[rows.ticker == "AAA"].set_index("line")
     if policy == "ffill":
         assert aaa.loc[20, "close"] == float(prices.loc[19, "close"])
     else:

@@ -122,6 +122,10 @@ class ForecastData(L.LightningDataModule):
         # seed_everything records its seed in PL_GLOBAL_SEED: shuffles follow it.
         return EpochRandomSampler(dataset, int(os.environ.get("PL_GLOBAL_SEED", 0)))
 
+    def eval_sampler(self, dataset: Dataset, ranks: dict):
+        """Under DDP, which val/test samples this rank scores (`ranks`: Lightning's num_replicas, rank)."""
+        return UnrepeatedDistributedSampler(dataset, shuffle=False, **ranks)
+
     def loader(self, stage: str) -> DataLoader:
         dataset = self.dataset(stage)
         if not hasattr(dataset, "__getitems__"):
@@ -132,7 +136,7 @@ class ForecastData(L.LightningDataModule):
             # Under DDP Lightning's DistributedSampler repeats up to (ranks - 1) samples so that every
             # rank gets as many, which biases val/loss. Evaluation needs no equal counts: give each
             # sample to one rank. Training (equal steps needed) and predict keep Lightning's samplers.
-            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False, **ranks)
+            sampler = self.eval_sampler(dataset, ranks)
         # On a GPU, page-locked batches let Lightning's non_blocking copy to the device run asynchronously.
         pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         return DataLoader(

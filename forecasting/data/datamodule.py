@@ -18,19 +18,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from forecasting import baselines, risk_baselines
 from forecasting.data import features as F
-from forecasting.data import stream
+from forecasting.data import scaling, sharding, source, stream
 from forecasting.data.base import ForecastData, keep_batch
 from forecasting.data.io import (
     BAD_VALUE_POLICIES,
+    CSV_SUFFIXES,
     MISSING_POLICIES,
     check_timezone,
     quality_report,
     read_prices,
+    read_table,
     stamp,
     where,
 )  # fmt: skip
@@ -47,35 +49,7 @@ def future(values: np.ndarray, series: np.ndarray, horizon: int) -> np.ndarray:
     return out
 
 
-SCALERS = {"standard": StandardScaler, "robust": RobustScaler, "minmax": MinMaxScaler, "none": None}
 STAGES = ("train", "val", "test")
-
-
-def fit_scaler(name: str, values: np.ndarray, labels: list[str], where: str) -> tuple[list[float], list[float]]:
-    """Fit scaler `name` per column, ignoring NaN; return it as (center, scale) lists.
-
-    Every scaler is stored as x_scaled = (x - center) / scale, plain floats, so a
-    checkpoint carries it and loads with torch.load(weights_only=True).
-    """
-    if len(values) == 0 or np.isnan(values).all(axis=0).any():
-        raise ForecastingError(f"{where}: no training rows to fit the scaler; move data.val_start later")
-    spread = np.nanmax(values, axis=0) - np.nanmin(values, axis=0)
-    if (spread == 0).any():
-        label = labels[int(np.flatnonzero(spread == 0)[0])]
-        raise ForecastingError(
-            f"{where}: '{label}' is constant on the training rows (zero variance); "
-            "drop it from data.features or check the file"
-        )
-    if SCALERS[name] is None:
-        return [0.0] * values.shape[1], [1.0] * values.shape[1]
-    scaler = SCALERS[name]().fit(values)
-    if name == "standard":
-        center, scale = scaler.mean_, scaler.scale_
-    elif name == "robust":
-        center, scale = scaler.center_, scaler.scale_
-    else:  # minmax: x * scale_ + min_  ==  (x - (-min_ / scale_)) / (1 / scale_)
-        center, scale = -scaler.min_ / scaler.scale_, 1 / scaler.scale_
-    return [float(v) for v in center], [float(v) for v in scale]
 
 
 class PriceDataModule(ForecastData):
@@ -117,6 +91,8 @@ class PriceDataModule(ForecastData):
         test_end: str | None = None,  # null: test on everything from test_start on
         mode: str = "windows",  # "stream": walk each series once per epoch, state carried (docs/tbptt.md)
         tbptt_steps: int | None = None,  # stream mode's chunk length: linked from model.tbptt_steps by the CLI
+        cache_dir: str | None = None,  # null: <logger save_dir>/data_cache; a CSV's Parquet copy (source.py)
+        shard_by_rank: bool = False,  # under DDP each rank loads only its share of the tickers (sharding.py)
     ):
         super().__init__()
         features = list(features)
@@ -159,8 +135,8 @@ class PriceDataModule(ForecastData):
             )
         if missing not in MISSING_POLICIES:
             raise ForecastingError(f"data.missing: unknown policy '{missing}'; use one of {list(MISSING_POLICIES)}")
-        if scaler not in SCALERS:
-            raise ForecastingError(f"data.scaler: unknown scaler '{scaler}'; use one of {list(SCALERS)}")
+        if scaler not in scaling.SCALER_NAMES:
+            raise ForecastingError(f"data.scaler: unknown scaler '{scaler}'; use one of {list(scaling.SCALER_NAMES)}")
         for key, value in {"val_start": val_start, "test_start": test_start}.items():
             if isinstance(value, float) and not 0 < value < 1:
                 raise ForecastingError(f"data.{key}: a fraction must lie in (0, 1), got {value}")
@@ -185,6 +161,11 @@ class PriceDataModule(ForecastData):
         self.predict_path = predict_path
         self.train_start = None if train_start is None else pd.Timestamp(train_start)
         self.test_end = None if test_end is None else pd.Timestamp(test_end)
+        self.cache_dir = cache_dir
+        self._pending_caches: list = []  # CSV caches kept once the run's checks pass (commit_caches)
+        self._preparing = False
+        self.shard_by_rank = shard_by_rank
+        self.sharded = False  # set by setup: this rank holds only its share of the tickers
         self.stats: dict | None = None  # fitted scaler; restored from a checkpoint by load_state_dict
         self.frames: dict[str, pd.DataFrame] = {}  # "fit" / "predict": validated rows with features
         self._datasets: dict[str, WindowDataset] = {}
@@ -208,65 +189,101 @@ class PriceDataModule(ForecastData):
         return [f"{self.target}_t+{h}" for h in range(1, self.horizon + 1)]
 
     # ---------------------------------------------------------------- reading
-    def load(self, path: str) -> pd.DataFrame:
-        """Validated rows of `path` with feature columns, per-row targets and split labels."""
+    def load(self, path: str, tickers: list[str] | None = None) -> pd.DataFrame:
+        """Validated rows of `path` (only `tickers`' rows if given, else data.tickers') with one column
+        `f:<name>` per feature and the target, plus time, ticker and line; the raw price columns are
+        dropped once the transforms are computed. Features are float32, the target float64 (baselines
+        and targets in full precision)."""
         report: dict = {}
+        wanted = self.tickers if tickers is None else tickers
         frame = read_prices(
             path, self.time_column, self.ticker_column, self.columns, self.adjust_column, self.date_format,
             self.missing, self.timezone, self.bad_values, self.max_flat_rows, report,
+            cache_dir=self.csv_cache_dir(), tickers=wanted, pending=self._pending_caches,
         )  # fmt: skip
         self.quality[path] = report
         if self.tickers is not None:
-            unknown = sorted(set(map(str, self.tickers)) - set(frame["ticker"]))
-            if unknown:
+            unknown = sorted(set(map(str, self.tickers)) - set(frame["ticker"].cat.categories))
+            if unknown and tickers is None:
                 raise ForecastingError(
                     f"{path}: data.tickers names {unknown}, not in the file's '{self.ticker_column}'"
                 )
-            frame = frame[frame["ticker"].isin(list(map(str, self.tickers)))].reset_index(drop=True)
-        keep = []
-        for ticker, rows in frame.groupby("ticker", sort=False):
-            if len(rows) < self.window + self.horizon:
-                warnings.warn(
-                    f"{path}: ticker '{ticker}' has {len(rows)} rows, fewer than data.window + data.horizon "
-                    f"= {self.window + self.horizon}; skipping it",
-                    stacklevel=2,
-                )
-            else:
-                keep.append(rows)
-        if not keep:
+        codes = frame["ticker"].cat.codes.to_numpy()
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        lengths = np.diff(np.r_[starts, len(codes)])
+        short = lengths < self.window + self.horizon
+        for start, length in zip(starts[short], lengths[short], strict=True):
+            warnings.warn(
+                f"{path}: ticker '{frame['ticker'].iat[start]}' has {length} rows, fewer than data.window + "
+                f"data.horizon = {self.window + self.horizon}; skipping it",
+                stacklevel=2,
+            )
+        if short.all():
             raise ForecastingError(
                 f"{path}: no ticker has data.window + data.horizon = {self.window + self.horizon} rows; "
                 "use a smaller window or a longer file"
             )
-        frame = pd.concat(keep, ignore_index=True)
-        # One array per transform, filled per ticker and assigned once (a per-ticker frame.loc
-        # assignment costs O(rows) each time: seconds for hundreds of tickers).
-        columns = {name: np.full(len(frame), np.nan) for name in dict.fromkeys([*self.features, self.target])}
-        for ticker, rows in frame.groupby("ticker", sort=False):
-            index = rows.index.to_numpy()
-            for name, column in columns.items():
+        if short.any():
+            frame = frame[np.repeat(~short, lengths)].reset_index(drop=True)
+            frame["ticker"] = frame["ticker"].cat.remove_unused_categories()
+            starts, lengths = starts[~short], lengths[~short]
+            starts = np.r_[0, np.cumsum(lengths)[:-1]]
+        # One array per transform, filled per ticker in place: features as float32 (what the model
+        # reads), the target as float64 (its scaler, targets and baselines keep full precision).
+        names = list(dict.fromkeys([*self.features, self.target]))
+        if "close" in frame and self.target_kind in ("return", "log_variance"):
+            names = list(dict.fromkeys([*names, "log_return"]))  # the risk baselines' input (returns())
+        raw = {c: frame[c].to_numpy() for c in frame.columns if c not in ("ticker",)}
+        frame = frame[["time", "ticker", "line"]]  # the price columns now live in `raw` alone
+        # Transform by transform, each over every ticker, into its own array (features float32, what
+        # the model reads; the target float64, for its scaler, targets and baselines); a price column
+        # is freed as soon as no transform left needs it.
+        later = {c: max((i for i, n in enumerate(names) if c in F.required_columns([n])), default=0) for c in raw}
+        columns, problems = {}, []
+        for k, name in enumerate(names):
+            column = columns[name] = np.empty(len(frame), np.float64 if name == self.target else np.float32)
+            warm = F.warmup(name)
+            for t, (start, length) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
+                rows = pd.DataFrame({c: v[start : start + length] for c, v in raw.items()}, copy=False)
                 values = F.compute(rows, name)
-                warm = F.warmup(name)
                 bad = ~np.isfinite(values[warm:])
                 if bad.any():
-                    first = warm + int(np.flatnonzero(bad)[0])
-                    i = index[first]
-                    # Not finite right after the declared warm-up, at the series' very start: most likely a
-                    # transform that needs more warm-up rows than it declares (a rolling window).
-                    cause = (
-                        f"row {first + 1} of the ticker's series, just after its {warm} warm-up rows: if the "
-                        f"transform needs more history, register it with @transform(..., warmup=N)"
-                        if first == warm and name in F.TRANSFORMS and not np.isfinite(values[: warm + 1]).any()
-                        else "a zero price or volume, or a value the transform cannot take?"
-                    )
-                    raise ForecastingError(
-                        f"{path}: {where(Path(path), int(frame['line'].iat[i]))}: transform '{name}' is not finite for "
-                        f"ticker '{ticker}' on {stamp(frame['time'].iat[i])} ({cause}); fix the row"
-                    )
-                column[index] = values
-        for name, column in columns.items():
-            frame[f"f:{name}"] = column
-        return frame
+                    problems.append((t, k, start, warm + int(np.flatnonzero(bad)[0]), values[: warm + 1]))
+                column[start : start + length] = values
+            for c in [c for c, last in later.items() if last == k and c not in ("time", "line")]:
+                del raw[c], later[c]
+        if problems:  # the first ticker's first transform, as a row-by-row pass would find it
+            t, k, start, first, head = min(problems, key=lambda p: p[:2])
+            name, warm, i = names[k], F.warmup(names[k]), start + first
+            # Not finite right after the declared warm-up, at the series' very start: most likely a
+            # transform that needs more warm-up rows than it declares (a rolling window).
+            cause = (
+                f"row {first + 1} of the ticker's series, just after its {warm} warm-up rows: if the "
+                f"transform needs more history, register it with @transform(..., warmup=N)"
+                if first == warm and name in F.TRANSFORMS and not np.isfinite(head).any()
+                else "a zero price or volume, or a value the transform cannot take?"
+            )
+            raise ForecastingError(
+                f"{path}: {where(Path(path), int(frame['line'].iat[i]))}: transform '{name}' is not finite "
+                f"for ticker '{frame['ticker'].iat[i]}' on {stamp(frame['time'].iat[i])} ({cause}); fix the row"
+            )
+        del raw
+        source.release()
+        keep = {c: frame[c] for c in ("time", "ticker", "line")}
+        return pd.DataFrame({**keep, **{f"f:{n}": c for n, c in columns.items()}}, copy=False)
+
+    def csv_cache_dir(self) -> Path | None:
+        """Where a CSV's Parquet cache goes: data.cache_dir, else `data_cache` in the logger's folder."""
+        if self.cache_dir is not None:
+            return Path(self.cache_dir)
+        save_dir = getattr(self.trainer.logger, "save_dir", None) if self.trainer is not None else None
+        return Path(save_dir) / "data_cache" if save_dir else None
+
+    def commit_caches(self, keep: bool = True) -> None:
+        """Keep (or drop) the CSV caches written by this run's reads (source.CsvCache)."""
+        while self._pending_caches:
+            cache = self._pending_caches.pop()
+            cache.commit() if keep else cache.discard()
 
     def split_dates(self, times: pd.Series) -> tuple[pd.Timestamp, pd.Timestamp]:
         dates = np.sort(times.unique())
@@ -300,9 +317,27 @@ class PriceDataModule(ForecastData):
         stage = self.trainer.state.fn.value if self.trainer is not None else None
         if stage is None:
             return
-        self.setup(stage)
-        for split in {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ()):
-            self.dataset(split)
+        if self.shard_by_rank and sharding.world()[1] > 1 and self.frame_key(stage) == "fit":
+            # Other ranks wait at a barrier: no collectives here, so no checks either (setup does them on
+            # every rank); only parse a CSV once, for every rank to read from the cache.
+            text = (self.ticker_column,) if self.ticker_column else ()
+            cache_dir = self.csv_cache_dir()
+            if cache_dir is not None and Path(self.path).suffix.lower() in CSV_SUFFIXES:
+                cache = read_table(self.path, None, text, cache_dir)[3]
+                if cache is not None:
+                    cache.commit()
+            return
+        self._preparing = True
+        try:
+            self.setup(stage)
+            for split in {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ()):
+                self.dataset(split)
+        except BaseException:
+            self.commit_caches(keep=False)  # a refused run leaves no cache behind
+            raise
+        finally:
+            self._preparing = False
+        self.commit_caches()
         self.report_quality()
 
     def report_quality(self) -> None:
@@ -326,6 +361,8 @@ class PriceDataModule(ForecastData):
         which = self.frame_key(stage)
         if which in self.frames:
             return
+        if which == "fit" and stage != "predict" and self.shard_by_rank and sharding.world()[1] > 1:
+            return self.setup_shard()
         self.frames[which] = self.load(self.predict_path if which == "predict" else self.path)
         if which == "fit":
             frame = self.frames["fit"]
@@ -333,13 +370,60 @@ class PriceDataModule(ForecastData):
             if self.stats is None:
                 self.stats = self.fit_stats(frame, val, test)
                 self.audit()
+        if not self._preparing:
+            self.commit_caches()
 
-    def scaler_rows(self, frame: pd.DataFrame, val: pd.Timestamp) -> pd.DataFrame:
-        """The rows the scaler learns from: every row before the validation start, no later one."""
-        keep = frame["time"] < val
+    def share(self) -> list[str] | None:
+        """This rank's tickers (sharding.py), or None: load them all."""
+        if self.ticker_column is None:
+            return None
+        text = (self.ticker_column,)
+        names = read_table(self.path, [self.ticker_column], text, self.csv_cache_dir())[0][self.ticker_column]
+        counts = names.astype(str).str.strip().value_counts()
+        if self.tickers is not None:
+            unknown = sorted(set(map(str, self.tickers)) - set(counts.index))
+            if unknown:
+                raise ForecastingError(
+                    f"{self.path}: data.tickers names {unknown}, not in the file's '{self.ticker_column}'"
+                )
+            counts = counts[[str(t).strip() for t in dict.fromkeys(self.tickers)]]
+        rank, size = sharding.world()
+        blocks = sharding.split(list(counts.index), counts.tolist(), size)
+        return None if blocks is None else blocks[rank]
+
+    def setup_shard(self) -> None:
+        """setup('fit') of one DDP rank holding its share of the tickers: statistics combined over all
+        ranks, equal to one process's; a problem on any rank stops every rank with its message."""
+
+        def agreed(step):
+            try:
+                out, error = step(), None
+            except ForecastingError as err:
+                out, error = None, str(err)
+            errors = [e for e in sharding.gather(error) if e]
+            if errors:
+                raise ForecastingError(errors[0])
+            return out
+
+        share = agreed(self.share)
+        self.sharded = share is not None
+        frame = self.frames["fit"] = agreed(lambda: self.load(self.path, tickers=share))
+        times = np.unique(np.concatenate(sharding.gather(np.unique(frame["time"].to_numpy()))))
+        val, test = self.split_dates(pd.Series(times))
+        if self.stats is None:
+            self.stats = self.fit_stats(frame, val, test, sharding.gather if self.sharded else None)
+            self.audit()
+        if self.sharded:  # every rank needs windows in every split, or the others would wait for it
+            agreed(lambda: [self.dataset(s) for s in STAGES])
+
+    def scaler_rows(self, frame: pd.DataFrame, val: pd.Timestamp) -> np.ndarray:
+        """The rows the scaler learns from (a boolean mask; the rows themselves also do): every row
+        before the validation start, no later one."""
+        times = frame["time"].to_numpy()
+        keep = times < np.datetime64(val)
         if self.train_start is not None:
-            keep &= frame["time"] >= self.train_start
-        return frame[keep]
+            keep &= times >= np.datetime64(self.train_start)
+        return keep
 
     def audit(self) -> None:
         """Leakage audit: refuse a scaler that saw a validation or test target's day."""
@@ -351,55 +435,100 @@ class PriceDataModule(ForecastData):
             )
         self.hparams["ranges"] = self.stats["ranges"]  # logged with the hyperparameters
 
-    def fit_stats(self, frame: pd.DataFrame, val: pd.Timestamp, test: pd.Timestamp) -> dict:
+    def fit_stats(self, frame: pd.DataFrame, val: pd.Timestamp, test: pd.Timestamp, gather=None) -> dict:
+        """Scaler, baselines and ranges from the training rows. `gather(obj)`: every DDP rank's `obj`
+        (ranks holding different tickers, sharding.py); None: this process holds every row."""
         train = self.scaler_rows(frame, val)
-        groups = train.groupby("ticker", sort=False) if self.scale_per_ticker else [("*", train)]
-        stats = {"tickers": [], "center": [], "scale": [], "target_center": [], "target_scale": []}
-        for ticker, rows in groups:
-            where = f"{self.path} (ticker '{ticker}', rows before {stamp(val)})"
-            cols = [f"f:{n}" for n in self.features]
-            center, scale = fit_scaler(self.scaler, rows[cols].to_numpy(), self.features, where)
-            t_center, t_scale = fit_scaler(self.scaler, rows[[f"f:{self.target}"]].to_numpy(), [self.target], where)
-            stats["tickers"].append(ticker)
-            stats["center"].append(center)
-            stats["scale"].append(scale)
-            stats["target_center"].append(t_center[0])
-            stats["target_scale"].append(t_scale[0])
+        if isinstance(train, pd.DataFrame):  # an override may return the rows rather than a mask
+            train = frame.index.isin(train.index)
+        train = np.asarray(train, dtype=bool)
+        ticker = frame["ticker"]
+        codes = ticker.cat.codes.to_numpy()
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        bounds = zip(starts.tolist(), np.r_[starts[1:], len(codes)].tolist(), strict=True)
+        if self.scale_per_ticker:  # rows are sorted by ticker: one slice each
+            groups = [(ticker.iat[a], slice(a, b)) for a, b in bounds if train[a:b].any()]
+        else:
+            groups = [("*", slice(0, len(codes)))]
+        # Per ticker, each rank fits its own tickers; one scaler for all combines every rank's moments.
+        pooled = None if self.scale_per_ticker else gather
+        keys = ("tickers", "center", "scale", "target_center", "target_scale")
+        stats, error = {k: [] for k in keys}, None
+        try:
+            for name, part in groups:
+                where = f"{self.path} (ticker '{name}', rows before {stamp(val)})"
+                mask = train[part]
+
+                def column(n, part=part, mask=mask):
+                    return lambda: frame[f"f:{n}"].to_numpy()[part][mask]
+
+                inputs = [column(n) for n in self.features]
+                center, scale = scaling.fit(self.scaler, inputs, self.features, where, pooled)
+                t_center, t_scale = scaling.fit(self.scaler, [column(self.target)], [self.target], where, pooled)
+                for key, value in zip(keys, (name, center, scale, t_center[0], t_scale[0]), strict=True):
+                    stats[key].append(value)
+        except ForecastingError as err:
+            if gather is None or pooled is not None:  # (pooled: every rank raised the same)
+                raise
+            error = str(err)
+        if self.scale_per_ticker and gather is not None:  # ranks hold sorted blocks: rank order is ticker order
+            parts = gather((stats, error))
+            errors = [e for _, e in parts if e]
+            if errors:
+                raise ForecastingError(errors[0])
+            stats = {k: [v for p, _ in parts for v in p[k]] for k in keys}
         stats.update(
             features=list(self.features), target=self.target, horizon=self.horizon, scaler=self.scaler,
             val_start=val.isoformat(), test_start=test.isoformat(),
         )  # fmt: skip
-        series, ticker = frame[f"f:{self.target}"].to_numpy(), frame["ticker"].to_numpy()
-        targets = future(series, pd.factorize(ticker)[0], self.horizon)
+        series, ids = frame[f"f:{self.target}"].to_numpy(), self.series_ids(frame)
+        targets = future(series, ids, self.horizon)
         first, last = self.target_times(frame)
         in_train = (last < np.datetime64(val)) & np.isfinite(targets).all(1)
         if self.train_start is not None:
             in_train &= first >= np.datetime64(self.train_start)
-        stats["baselines"] = baselines.fit(series, ticker, targets, in_train, self.target)
+        stats["baselines"] = baselines.fit(series, ids, targets, in_train, self.target, gather)
         # GARCH, EWMA, empirical quantiles: from training rows' returns and training targets only.
-        train_rows = frame.index.isin(train.index)
-        stats["risk"] = risk_baselines.fit(self.returns(frame), ticker, train_rows, targets, in_train, self.target_kind)
+        # Not with shard_by_rank: quantiles of every rank's training targets do not combine exactly.
+        if gather is None:
+            tickers = frame["ticker"].to_numpy()
+            stats["risk"] = risk_baselines.fit(self.returns(frame), tickers, train, targets, in_train, self.target_kind)
+        else:
+            rank_zero_info("risk baselines (GARCH, EWMA, empirical) are skipped with data.shard_by_rank")
         # Leakage audit trail: first and last time each part of the pipeline covers (ISO strings,
         # in the checkpoint and the hparams). Splits add their target times in dataset().
-        stats["ranges"] = {"scaler": [d.isoformat() for d in (train["time"].min(), train["time"].max())]}
-        if in_train.any():  # the target times the baselines (training mean, HAR) were fitted on
-            days = (first[in_train].min(), last[in_train].max())
-            stats["ranges"]["baselines"] = [pd.Timestamp(d).isoformat() for d in days]
+        times = frame["time"].to_numpy()[train]
+        spans = [(times.min(), times.max()) if len(times) else None]
+        spans = [s for s in (gather(spans[0]) if gather else spans) if s is not None]
+        if not spans:
+            raise ForecastingError(f"{self.path}: no training rows to fit the scaler; move data.val_start later")
+        scaler_days = (min(s[0] for s in spans), max(s[1] for s in spans))
+        stats["ranges"] = {"scaler": [pd.Timestamp(d).isoformat() for d in scaler_days]}
+        days = [(first[in_train].min(), last[in_train].max()) if in_train.any() else None]
+        days = [d for d in (gather(days[0]) if gather else days) if d is not None]
+        if days:  # the target times the baselines (training mean, HAR) were fitted on
+            span = (min(d[0] for d in days), max(d[1] for d in days))
+            stats["ranges"]["baselines"] = [pd.Timestamp(d).isoformat() for d in span]
         return stats
 
     def returns(self, frame: pd.DataFrame) -> np.ndarray | None:
         """Each row's log return (the risk baselines' input), or None without close prices."""
-        if "f:log_return" in frame:
-            return frame["f:log_return"].to_numpy()
-        if "close" not in frame:
-            return None
-        close = pd.Series(np.log(frame["close"].to_numpy(dtype=np.float64)))
-        return close.groupby(frame["ticker"].to_numpy(), sort=False).diff().to_numpy()
+        for column in ("f:log_return", "r:log_return"):  # a feature, or kept by load() for these baselines
+            if column in frame:
+                return frame[column].to_numpy().astype(np.float64, copy=False)
+        return None
+
+    @staticmethod
+    def series_ids(frame: pd.DataFrame) -> np.ndarray:
+        """0, 1, 2, ... per ticker in row order (rows are sorted by ticker), int64."""
+        codes = frame["ticker"].cat.codes.to_numpy()
+        return np.r_[0, np.cumsum(codes[1:] != codes[:-1])].astype(np.int64)
 
     # ---------------------------------------------------------------- tensors
     def tensors(self, frame: pd.DataFrame):
         """Per row: scaled inputs (rows, F), scaled targets (rows, H), target loc and scale, ticker id,
-        and each baseline's forecast (rows, H) in original units."""
+        and each baseline's forecast (rows, H) in original units. Built column by column into float32:
+        nothing of size rows x features in float64 exists at any time."""
         if self.stats is None:
             raise ForecastingError("predict on data.predict_path needs a trained model: pass --ckpt_path")
         if self.stats["features"] != self.features or self.stats["target"] != self.target:
@@ -407,22 +536,40 @@ class PriceDataModule(ForecastData):
                 f"the checkpoint was trained on features {self.stats['features']} and target "
                 f"'{self.stats['target']}', but data.features={self.features}, data.target='{self.target}'"
             )
+        n = len(frame)
+        center, scale = np.asarray(self.stats["center"]), np.asarray(self.stats["scale"])
+        t_center, t_scale = np.asarray(self.stats["target_center"]), np.asarray(self.stats["target_scale"])
         if self.stats["tickers"] == ["*"]:
-            group = np.zeros(len(frame), dtype=np.int64)
+            group = None
+            t_loc = torch.tensor(t_center, dtype=torch.float32).expand(n)  # one value, no copy per row
+            t_scl = torch.tensor(t_scale, dtype=torch.float32).expand(n)
         else:
             known = {t: i for i, t in enumerate(self.stats["tickers"])}
-            unknown = sorted(set(frame["ticker"]) - set(known))
+            unknown = sorted(set(frame["ticker"].cat.categories) - set(known))
             if unknown:
                 raise ForecastingError(f"tickers {unknown} were not in training; scale_per_ticker needs known tickers")
-            group = frame["ticker"].map(known).to_numpy()
-        center, scale = np.asarray(self.stats["center"])[group], np.asarray(self.stats["scale"])[group]
-        x = (frame[[f"f:{n}" for n in self.features]].to_numpy() - center) / scale
-        t_loc = np.asarray(self.stats["target_center"])[group]
-        t_scale = np.asarray(self.stats["target_scale"])[group]
-        series = pd.factorize(frame["ticker"])[0]
+            categories = frame["ticker"].cat.categories
+            group = np.array([known[t] for t in categories], dtype=np.int64)[frame["ticker"].cat.codes.to_numpy()]
+            t_loc = torch.from_numpy(t_center[group].astype(np.float32))
+            t_scl = torch.from_numpy(t_scale[group].astype(np.float32))
+        x = np.empty((n, len(self.features)), dtype=np.float32)
+        for j, name in enumerate(self.features):
+            c, s = (center[0, j], scale[0, j]) if group is None else (center[group, j], scale[group, j])
+            x[:, j] = (frame[f"f:{name}"].to_numpy().astype(np.float64, copy=False) - c) / s
+        series = self.series_ids(frame)
         raw = frame[f"f:{self.target}"].to_numpy()
-        y = (future(raw, series, self.horizon) - t_loc[:, None]) / t_scale[:, None]
-        base = baselines.forecast_rows(raw, frame["ticker"].to_numpy(), self.stats["baselines"], self.horizon)
+        loc, scl = (t_center[0], t_scale[0]) if group is None else (t_center[group], t_scale[group])
+        y = np.full((n, self.horizon), np.nan, dtype=np.float32)
+        for h in range(1, self.horizon + 1):  # future(), one horizon at a time
+            same = series[h:] == series[:-h]
+            at = slice(None) if group is None else slice(None, -h)  # the row's own ticker's scaling
+            loc_h, scl_h = (loc, scl) if group is None else (loc[at], scl[at])
+            y[:-h, h - 1] = np.where(same, (raw[h:] - loc_h) / scl_h, np.nan)
+        base = baselines.forecast_rows(raw, series, self.stats["baselines"], self.horizon, np.float32)
+        base = {
+            name: torch.from_numpy(b[:1].copy()).expand(n, -1) if b.strides[0] == 0 else torch.from_numpy(b)
+            for name, b in base.items()
+        }  # a broadcast row (the training mean) stays one row
         point, risk = risk_baselines.forecast_rows(
             self.returns(frame), frame["ticker"].to_numpy(), self.stats.get("risk"), self.horizon, self.target_kind
         )
@@ -430,13 +577,13 @@ class PriceDataModule(ForecastData):
         def f32(a):
             return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
-        base = {name: f32(b) for name, b in {**base, **point}.items()}
+        base.update({name: f32(b) for name, b in point.items()})
         risk = {name: f32(b) for name, b in risk.items()}
-        return f32(x), f32(y), f32(t_loc), f32(t_scale), torch.from_numpy(series), base, risk
+        return torch.from_numpy(x), torch.from_numpy(y), t_loc, t_scl, torch.from_numpy(series), base, risk
 
     def target_times(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Date of the first and last target day of the sample ending on each row (NaT if none)."""
-        series = pd.factorize(frame["ticker"])[0]
+        series = self.series_ids(frame)
         times = frame["time"].to_numpy()
         first = np.full(len(frame), np.datetime64("NaT"), dtype=times.dtype)
         last = first.copy()
@@ -514,6 +661,17 @@ class PriceDataModule(ForecastData):
         sampler.first, self._resume_step = self._resume_step, 0
         # In the main process: the sampler sets each epoch's layout on the dataset it holds.
         return DataLoader(self.dataset("train"), batch_size=1, sampler=sampler, collate_fn=keep_batch)
+
+    def train_sampler(self, dataset):
+        if not self.sharded:
+            return super().train_sampler(dataset)
+        # Every rank makes as many steps: the longest share sets the epoch, shorter ones repeat samples.
+        length = max(sharding.gather(len(dataset)))
+        return sharding.LocalSampler(dataset, length, shuffle=True, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
+
+    def eval_sampler(self, dataset, ranks: dict):
+        # A sharded rank's val/test windows are its own already: each is scored by exactly one rank.
+        return sharding.LocalSampler(dataset) if self.sharded else super().eval_sampler(dataset, ranks)
 
     def describe_rows(self, rows: torch.Tensor, stage: str = "predict") -> pd.DataFrame:
         """Date (full timestamp for intraday data) and ticker of the window ending at each row index."""

@@ -1,0 +1,161 @@
+"""The lean data path equals today's (tests/reference_pipeline.py): tensors, splits, scaler and baselines.
+
+Window ends, split ranges, naive forecasts and tickers must be identical; features are stored as
+float32 before scaling (the target as float64), so scaled inputs and scaler statistics agree to
+float32 precision, targets and baselines to float64 rounding.
+"""
+
+import contextlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from forecasting.data.datamodule import PriceDataModule
+from forecasting.errors import ForecastingError
+from tests.conftest import ROOT, dm_kwargs, make_prices
+from tests.reference_pipeline import OldPriceDataModule
+
+
+def assert_same(new: PriceDataModule, old: PriceDataModule) -> None:
+    new.setup("fit")
+    old.setup("fit")
+    a, b = new.stats, old.stats
+    assert a["tickers"] == b["tickers"] and a["ranges"] == b["ranges"]
+    assert (a["val_start"], a["test_start"]) == (b["val_start"], b["test_start"])
+    np.testing.assert_allclose(a["center"], b["center"], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(a["scale"], b["scale"], rtol=1e-6)
+    np.testing.assert_allclose(a["target_center"], b["target_center"], rtol=1e-12)
+    np.testing.assert_allclose(a["target_scale"], b["target_scale"], rtol=1e-12)
+    np.testing.assert_allclose(a["baselines"]["target_mean"], b["baselines"]["target_mean"], rtol=1e-12)
+    if b["baselines"]["har_beta"] is not None:
+        np.testing.assert_allclose(a["baselines"]["har_beta"], b["baselines"]["har_beta"], rtol=1e-6)
+    for stage in ("train", "val", "test"):
+        x, y = new.dataset(stage), old.dataset(stage)
+        assert torch.equal(x.ends, y.ends), stage
+        rows = x.ends
+        torch.testing.assert_close(x.x, y.x, rtol=0, atol=2e-5, equal_nan=True)  # float32 features, then scaled
+        torch.testing.assert_close(x.y[rows], y.y[rows], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(x.target_loc[rows], y.target_loc[rows], rtol=0, atol=0)
+        torch.testing.assert_close(x.target_scale[rows], y.target_scale[rows], rtol=0, atol=0)
+        assert sorted(x.baselines) == sorted(y.baselines)
+        for name in x.baselines:
+            exact = 0 if name == "naive" else 1e-5
+            torch.testing.assert_close(x.baselines[name][rows], y.baselines[name][rows], rtol=exact, atol=exact)
+    assert a["ranges"] == b["ranges"]  # datasets add their target ranges: still the same
+    frame, reference = new.frames["fit"], old.frames["fit"]
+    assert frame["ticker"].tolist() == reference["ticker"].tolist()
+    assert (frame["time"].to_numpy() == reference["time"].to_numpy()).all()
+    assert (frame["line"].to_numpy() == reference["line"].to_numpy()).all()
+
+
+def test_bundled_data_equals_todays_path():
+    kwargs = dict(path=str(ROOT / "data/stocks.csv"), window=64)
+    assert_same(PriceDataModule(**kwargs), OldPriceDataModule(**kwargs))
+
+
+def synthetic(tmp_path, name="multi.csv"):
+    """Five tickers, one too short for a window, rows shuffled, a bad row and (CSV) an empty cell."""
+    frame = make_prices(160, ("EEE", "AAA", "DDD", "CCC", "01"), seed=3)
+    frame = pd.concat([frame, make_prices(10, ("ZZZ",), seed=4)], ignore_index=True)
+    frame.loc[50, "volume"] = 0.0  # flagged: handed to data.missing
+    if name.endswith(".csv"):
+        frame = frame.astype({"close": object})
+        frame.loc[400, "close"] = ""
+    frame = frame.sample(frac=1.0, random_state=0).reset_index(drop=True)
+    path = tmp_path / name
+    frame.to_parquet(path) if name.endswith(".parquet") else frame.to_csv(path, index=False)
+    return path
+
+
+CASES = {
+    "default": {},
+    "per ticker, robust, horizon 3": dict(scale_per_ticker=True, scaler="robust", horizon=3),
+    "minmax, 4 features, drop": dict(
+        scaler="minmax", missing="drop", features=["log_return", "gk_log_var", "log_range", "log_volume_change"]
+    ),
+    "log returns, train_start, tickers": dict(
+        target="log_return", train_start="2020-02-03", tickers=["AAA", "01", "DDD"]
+    ),
+}
+
+
+@pytest.mark.parametrize("overrides", CASES.values(), ids=CASES.keys())
+def test_synthetic_multi_ticker_file_equals_todays_path(tmp_path, overrides):
+    kwargs = dm_kwargs(synthetic(tmp_path), bad_values="missing", **{"missing": "ffill", **overrides})
+    new, old = PriceDataModule(**kwargs), OldPriceDataModule(**kwargs)
+    for dm in (new, old):  # ZZZ has 10 rows, fewer than a window: skipped (unless not selected at all)
+        with pytest.warns(UserWarning, match="ZZZ") if "tickers" not in overrides else contextlib.nullcontext():
+            dm.setup("fit")
+    assert_same(new, old)
+    # The data-quality report too (the lean path reads only the tickers named in data.tickers).
+    (_, report), (_, reference) = next(iter(new.quality.items())), next(iter(old.quality.items()))
+    assert report == {t: reference[t] for t in report} and len(report) == len(overrides.get("tickers", reference))
+
+
+def test_parquet_folder_partitioned_by_ticker_equals_one_file(tmp_path):
+    path = synthetic(tmp_path, "one.parquet")
+    frame = pd.read_parquet(path)
+    frame = frame[frame.ticker != "ZZZ"]
+    folder = tmp_path / "by_ticker"
+    frame.to_parquet(folder, partition_cols=["ticker"])  # by_ticker/ticker=AAA/....parquet
+    kwargs = dict(bad_values="missing", missing="ffill", tickers=["AAA", "CCC"])
+    one = PriceDataModule(**dm_kwargs(path, **kwargs))
+    hive = PriceDataModule(**dm_kwargs(folder, **kwargs))
+    one.setup("fit")
+    hive.setup("fit")
+    assert one.stats == hive.stats
+    torch.testing.assert_close(one.dataset("train").x, hive.dataset("train").x, rtol=0, atol=0, equal_nan=True)
+    assert set(hive.frames["fit"]["ticker"]) == {"AAA", "CCC"}
+
+
+def test_an_error_in_a_selected_ticker_names_its_row_in_the_file(tmp_path):
+    frame = make_prices(120, ("AAA", "BBB", "CCC"))
+    frame.loc[250, "volume"] = -1.0  # ticker CCC (rows 240..359): row 251 of the file
+    frame.to_parquet(tmp_path / "p.parquet")
+    with pytest.raises(ForecastingError, match="row 251, column 'volume'"):
+        PriceDataModule(**dm_kwargs(tmp_path / "p.parquet", tickers=["CCC"])).setup("fit")
+
+
+def test_a_csv_is_parsed_once_then_read_from_its_parquet_cache(tmp_path, monkeypatch):
+    path = synthetic(tmp_path)
+    kwargs = dm_kwargs(path, bad_values="missing", missing="ffill", cache_dir=str(tmp_path / "cache"))
+    with pytest.warns(UserWarning, match="ZZZ"):
+        first = PriceDataModule(**kwargs)
+        first.setup("fit")
+    cached = list((tmp_path / "cache").iterdir())
+    assert len(cached) == 1 and cached[0].suffix == ".parquet"
+    parsed = []
+    monkeypatch.setattr(pd, "read_csv", lambda *a, **k: parsed.append(a) or pytest.fail("CSV parsed again"))
+    with pytest.warns(UserWarning, match="ZZZ"):
+        second = PriceDataModule(**kwargs)
+        second.setup("fit")
+    assert not parsed and first.stats == second.stats
+    torch.testing.assert_close(first.dataset("val").x, second.dataset("val").x, rtol=0, atol=0, equal_nan=True)
+    assert second.quality == first.quality
+    monkeypatch.undo()
+    path.write_text(path.read_text().replace("EEE", "FFF"))  # an edit: new size or mtime, new cache
+    with pytest.warns(UserWarning, match="ZZZ"):
+        third = PriceDataModule(**kwargs)
+        third.setup("fit")
+    assert "FFF" in third.stats["ranges"] or "FFF" in set(third.frames["fit"]["ticker"])
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_a_refused_csv_leaves_no_cache(tmp_path):
+    frame = make_prices(120)
+    frame.loc[30, "volume"] = 0.0
+    frame.to_csv(tmp_path / "bad.csv", index=False)
+    cache = tmp_path / "logs" / "data_cache"
+    with pytest.raises(ForecastingError, match="line 32, column 'volume'"):
+        PriceDataModule(**dm_kwargs(tmp_path / "bad.csv", cache_dir=str(cache))).setup("fit")
+    assert not (tmp_path / "logs").exists()
+    # Errors after reading (an empty split) leave none either, when Lightning's prepare_data runs the checks.
+    make_prices(120).to_csv(tmp_path / "ok.csv", index=False)
+    dm = PriceDataModule(**dm_kwargs(tmp_path / "ok.csv", cache_dir=str(cache), val_start="2030-01-01",
+                                     test_start="2031-01-01"))  # fmt: skip
+    dm.trainer = type("T", (), {"state": type("S", (), {"fn": type("F", (), {"value": "fit"})})(), "logger": None})()
+    with pytest.raises(ForecastingError, match="split has no windows"):
+        dm.prepare_data()
+    assert not (tmp_path / "logs").exists()
