@@ -191,6 +191,7 @@ def test_resume_mid_epoch_continues_exactly(prices_csv, tmp_path):
     [
         (dict(mode="streams"), ["data.mode", "'streams'", "'stream'"]),
         (dict(mode="stream"), ["data.mode: stream", "model.tbptt_steps"]),
+        (dict(mode="stream", tbptt_steps=8, shard_by_rank=True), ["data.shard_by_rank", "data.mode: stream"]),
     ],
 )
 def test_bad_mode_is_one_line(prices_csv, kw, words):

@@ -149,6 +149,11 @@ class PriceDataModule(ForecastData):
                 "data.mode: stream needs model.tbptt_steps (the chunk length k each batch advances by); set it"
             )
         self.save_hyperparameters()
+        if mode == "stream" and shard_by_rank:
+            raise ForecastingError(
+                "data.shard_by_rank: true cannot be combined with data.mode: stream (stream mode shares its lanes "
+                "across ranks itself); set data.shard_by_rank: false"
+            )
         self.mode, self.tbptt_steps = mode, tbptt_steps
         self.path, self.time_column, self.ticker_column = path, time_column, ticker_column
         self.columns, self.adjust_column, self.date_format = dict(columns), adjust_column, date_format
