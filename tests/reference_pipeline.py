@@ -1,7 +1,9 @@
 """Today's (before the lean path) pipeline, kept verbatim as the reference the lean path must equal.
 
 Copied from forecasting/data/io.py, datamodule.py and baselines.py at commit d49ec4f; only the
-names it imports changed. Used by tests/test_lean.py alone.
+names it imports changed, and `tensors` also returns an empty dict of risk baselines (which came
+later, forecasting/risk_baselines.py) because the `dataset()` it inherits expects one. Used by
+tests/test_lean.py alone.
 """
 
 import warnings
@@ -423,7 +425,7 @@ class OldPriceDataModule(PriceDataModule):
             return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
         base = {name: f32(b) for name, b in base.items()}
-        return f32(x), f32(y), f32(t_loc), f32(t_scale), torch.from_numpy(series), base
+        return f32(x), f32(y), f32(t_loc), f32(t_scale), torch.from_numpy(series), base, {}
 
     def target_times(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Date of the first and last target day of the sample ending on each row (NaT if none)."""
