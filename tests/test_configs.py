@@ -51,7 +51,7 @@ def test_every_example_with_every_overlay_builds(example, overlay, tmp_path, mon
     assert (cli.model.hparams.tbptt_steps is not None) == (overlay in ("long_tbptt.yaml", "stream.yaml"))
     assert getattr(cli.datamodule, "mode", "windows") == ("stream" if overlay == "stream.yaml" else "windows")
     if overlay == "stream.yaml":  # the chunk length reaches the data module
-        assert cli.datamodule.tbptt_steps == cli.model.hparams.tbptt_steps == 32
+        assert cli.datamodule.tbptt_steps == cli.model.hparams.tbptt_steps == 16
     per_step = {"NonFiniteGuard", "GradientNorms", "GradientHistograms"} & {type(c).__name__ for c in cli.trainer.callbacks}
     assert per_step == (set() if overlay == "fast.yaml" else {"NonFiniteGuard", "GradientNorms", "GradientHistograms"})
     net = cli.model.hparams.net["class_path"]
