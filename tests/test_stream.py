@@ -171,7 +171,9 @@ def test_resume_mid_epoch_continues_exactly(prices_csv, tmp_path):
     assert steps >= 4
     L.seed_everything(0)
     straight = model(tbptt_steps=8)
-    trainer(enable_checkpointing=False).fit(straight, stream_dm(prices_csv, 8, batch_size=3))
+    first = trainer(enable_checkpointing=False)
+    first.fit(straight, stream_dm(prices_csv, 8, batch_size=3))
+    assert float(first.callback_metrics["train/loss_epoch"]) > 0  # logged as in the other modes
 
     L.seed_everything(0)
     save = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=steps + 2, save_top_k=-1)
