@@ -171,7 +171,9 @@ def test_resume_mid_epoch_continues_exactly(prices_csv, tmp_path):
     assert steps >= 4
     L.seed_everything(0)
     straight = model(tbptt_steps=8)
-    trainer(enable_checkpointing=False).fit(straight, stream_dm(prices_csv, 8, batch_size=3))
+    first = trainer(enable_checkpointing=False)
+    first.fit(straight, stream_dm(prices_csv, 8, batch_size=3))
+    assert float(first.callback_metrics["train/loss_epoch"]) > 0  # logged as in the other modes
 
     L.seed_everything(0)
     save = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=steps + 2, save_top_k=-1)
@@ -252,3 +254,17 @@ def test_ddp_shards_lanes_and_keeps_state_per_rank(prices_csv, tmp_path, one_thr
     one = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     (result,) = one.validate(m, datamodule=stream_dm(prices_csv, 8, batch_size=4), verbose=False)
     assert result["val/loss"] == pytest.approx(val, rel=1e-5)
+
+
+def test_state_batch_dims_of_a_users_network():
+    """A reset zeroes exactly the marked lanes whatever the nesting (tests/nets.py's SeedLSTM: a list)."""
+    from forecasting.models import state as lanes
+    from tests.nets import SeedLSTM
+
+    net = SeedLSTM(3, 1)
+    dims = lanes.batch_dims(net, 3)
+    assert dims == [1, 1, 1, 1]  # (h, c) of two nn.LSTM layers: (layers, batch, hidden)
+    _, carried = net(torch.randn(4, 5, 3))
+    kept = lanes.keep_lanes(carried, torch.tensor([True, False, True, False]), dims)
+    for before, after in zip(lanes.leaves(carried), lanes.leaves(kept), strict=True):
+        assert torch.equal(after[:, [0, 2]], before[:, [0, 2]]) and not after[:, [1, 3]].any()

@@ -4,6 +4,9 @@ file -> validated frame (io.py) -> features and targets (features.py)
      -> split by the date of each sample's TARGET -> scaler fitted on training rows only
      -> one contiguous tensor -> zero-copy windows (windows.py) -> batches
 
+Big files: docs/data.md (column projection, float32 features, the CSV cache, and
+data.shard_by_rank: each DDP rank loading only its tickers, sharding.py).
+
 A sample is the window of `window` days ending at day t; its target is the
 `horizon` values of `target` on days t+1..t+h. It belongs to the split that
 holds all its target days (samples whose targets straddle a boundary are

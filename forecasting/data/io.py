@@ -1,4 +1,7 @@
-"""Read a price file (CSV or Parquet, long format) and validate it.
+"""Read a price file (CSV, Parquet, or a folder of Parquet files; long format) and validate it.
+
+Only the columns the config names are read (source.py: pyarrow datasets, the CSV's Parquet
+cache); checks run on NumPy arrays, without copies of the whole frame (docs/data.md).
 
 Everything a user can get wrong in a file is caught here and reported as one
 `ForecastingError` line naming the file, column and line (CSV, 1-based with the

@@ -353,7 +353,7 @@ class Forecaster(L.LightningModule):
             optimizer.zero_grad()
             self.manual_backward(loss)
             optimizer.step()  # clipping happens in on_before_optimizer_step
-        if n > 0:
+        if n > 0 or self._loss_n > 0:  # (a last batch without loss still writes the pending mean)
             self.log_train_loss(loss.detach(), int(n), batch_idx, batches_before=self._batches_before())
         if self.lr_schedulers() is not None and self.hparams.scheduler_interval == "step":
             self.step_scheduler()

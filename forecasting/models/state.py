@@ -45,11 +45,12 @@ def rebuild(state, tensors):
 def batch_dims(net: nn.Module, n_features: int) -> list[int]:
     """The batch dimension of every state tensor (in `leaves` order)."""
     was_training = net.training
+    device = next((p.device for p in net.parameters()), torch.device("cpu"))  # the probe runs where the net is
     net.eval()
     try:
         with torch.no_grad():
-            two = leaves(contract.call(net, torch.zeros(2, 1, n_features))[1])
-            three = leaves(contract.call(net, torch.zeros(3, 1, n_features))[1])
+            two = leaves(contract.call(net, torch.zeros(2, 1, n_features, device=device))[1])
+            three = leaves(contract.call(net, torch.zeros(3, 1, n_features, device=device))[1])
     finally:
         net.train(was_training)
     dims = []
