@@ -27,6 +27,7 @@ import torch
 
 from forecasting.data import features as F
 from forecasting.data.datamodule import PriceDataModule
+from forecasting.data.io import read_prices
 from forecasting.data.stream import runs
 from forecasting.errors import ForecastingError
 from forecasting.models import contract
@@ -80,8 +81,14 @@ class Streamer:
             self.states[ticker] = state
             end = start + n - 1
             self.last[ticker] = (frame["time"].iat[end], self.point(out[0, -1]) * scale[end] + loc[end])
-        for ticker, rows in frame.groupby("ticker", sort=False):
-            self.tails[ticker] = rows.tail(self.keep_rows).reset_index(drop=True)
+        # The transforms of a new day need the last raw prices: the data module keeps only features.
+        raw = read_prices(
+            path, dm.time_column, dm.ticker_column, dm.columns, dm.adjust_column, dm.date_format,
+            dm.missing, dm.timezone, dm.bad_values, dm.max_flat_rows, tickers=dm.tickers,
+        )  # fmt: skip
+        raw["ticker"] = raw["ticker"].astype(str)
+        for ticker, rows in raw.groupby("ticker", sort=False):
+            self.tails[ticker] = rows.drop(columns="line").tail(self.keep_rows).reset_index(drop=True)
         missing = sorted(set(self.tails) - set(self.states))
         if missing:
             raise ForecastingError(f"{path}: tickers {missing} end on a row whose features are not finite")
