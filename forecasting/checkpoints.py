@@ -96,6 +96,12 @@ class Checkpoints(ModelCheckpoint):
         if self._should_save_on_train_epoch_end(trainer):
             self._save_last_if_behind(trainer)
 
+    def on_train_end(self, trainer, pl_module) -> None:
+        # Lightning 2.6 writes last.ckpt when training ends even under fast_dev_run, whose logger is
+        # a dummy: into <cwd>/checkpoints. A smoke test writes nothing.
+        if not trainer.fast_dev_run:
+            super().on_train_end(trainer, pl_module)
+
     def _save_last_if_behind(self, trainer) -> None:
         # Skipped when something was saved at this step already (then last.ckpt was too).
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):

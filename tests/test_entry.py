@@ -24,12 +24,14 @@ def test_top_level_help_imports_neither_torch_nor_lightning():
     assert out.strip().splitlines()[-1] == "[]"
 
 
-def test_a_run_builds_the_parser_of_its_own_subcommand_only(cli_args):
+def test_a_run_builds_the_parser_of_its_own_subcommand_only(cli_args, tmp_path, monkeypatch):
     from forecasting.cli import main, requested_subcommand
 
     assert requested_subcommand(["--config", "fit", "validate", "--ckpt_path", "x"]) == "validate"
     assert requested_subcommand(["-c", "a.yaml", "--print_config", "test"]) == "test"
     assert requested_subcommand(["--config=a.yaml", "fitt"]) is None  # unknown: full parser, list of choices
+    monkeypatch.chdir(tmp_path)
     cli = main(cli_args("fit", "configs/volatility.yaml", "--trainer.fast_dev_run", "1"))
     assert list(cli.parser._subcommands_action.choices) == ["fit"]
     assert cli.trainer.state.finished
+    assert not (tmp_path / "checkpoints").exists()  # fast_dev_run: Lightning alone writes <cwd>/checkpoints
