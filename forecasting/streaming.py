@@ -50,7 +50,9 @@ class Streamer:
         model = Forecaster.load_from_checkpoint(path, map_location="cpu", weights_only=True)
         hparams = ckpt.get("datamodule_hyper_parameters") or {}
         args = set(inspect.signature(PriceDataModule.__init__).parameters)
-        dm = PriceDataModule(**{k: v for k, v in hparams.items() if k in args})
+        kwargs = {k: v for k, v in hparams.items() if k in args}
+        kwargs["tbptt_steps"] = model.hparams.tbptt_steps  # the model's key (stream mode's chunk length)
+        dm = PriceDataModule(**kwargs)
         dm.load_state_dict(ckpt.get(PriceDataModule.__qualname__) or {})
         if dm.stats is None:
             raise ForecastingError(f"{path}: no PriceDataModule scaler in the checkpoint; stream from a fitted one")

@@ -151,7 +151,9 @@ class PriceDataModule(ForecastData):
             raise ForecastingError(
                 "data.mode: stream needs model.tbptt_steps (the chunk length k each batch advances by); set it"
             )
-        self.save_hyperparameters()
+        # tbptt_steps is the model's key (the CLI links it here for stream mode): left out, so a model
+        # built in Python with tbptt_steps and a data module without it still log their hparams together.
+        self.save_hyperparameters(ignore=["tbptt_steps"])
         if mode == "stream" and shard_by_rank:
             raise ForecastingError(
                 "data.shard_by_rank: true cannot be combined with data.mode: stream (stream mode shares its lanes "
