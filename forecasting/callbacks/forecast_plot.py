@@ -10,6 +10,7 @@ from torch import nn
 
 from forecasting import calibration
 from forecasting.callbacks.common import tensorboard
+from forecasting.data import stream
 
 
 class ForecastPlot(Callback):
@@ -70,10 +71,8 @@ class ForecastPlot(Callback):
         mask = keep.to(batch["x"].device)
         loc, scale, y = batch["y_loc"][mask], batch["y_scale"][mask], batch["y"][mask]
         y = y[:, -1] if y.dim() == 3 else y  # dense targets: the window's last step
-        if output is not None and "at" in batch:  # stream mode: the steps `at` names
-            output = output[batch["at"][:, 0], batch["at"][:, 1]]
-        elif output is not None:
-            output = output[:, -1]  # the forecast made at the end of each window
+        if output is not None:
+            output = stream.scored(output, batch)  # each window's last step, or stream mode's `at` steps
         head = getattr(pl_module, "head", None)
         bands = {}
         if output is not None and len(output) == len(mask):
@@ -88,8 +87,7 @@ class ForecastPlot(Callback):
         if head is not None:
             forecast = head.point(params)
             if head.family != "point":
-                levels = getattr(head, "levels", None)
-                dist = calibration.Forecast(head.family, params[:, :1].detach().float().cpu().numpy(), levels)
+                dist = pl_module.as_forecast(params[:, :1])
                 bands = {a: [torch.from_numpy(b[:, 0]) for b in dist.central(a)] for a in calibration.INTERVALS}
         part = (rows[keep], forecast[:, 0].float().cpu(), (y * scale + loc)[:, 0].float().cpu())
         self._parts.append((*part, bands))

@@ -55,6 +55,13 @@ def future(values: np.ndarray, series: np.ndarray, horizon: int) -> np.ndarray:
 STAGES = ("train", "val", "test")
 
 
+def ticker_runs(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(first row, number of rows) of each ticker; rows are sorted by ticker."""
+    codes = frame["ticker"].cat.codes.to_numpy()
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    return starts, np.diff(np.r_[starts, len(codes)])
+
+
 class PriceDataModule(ForecastData):
     """Prices of one or many tickers in long format (one row per ticker and time: daily or intraday).
 
@@ -218,9 +225,7 @@ class PriceDataModule(ForecastData):
                 raise ForecastingError(
                     f"{path}: data.tickers names {unknown}, not in the file's '{self.ticker_column}'"
                 )
-        codes = frame["ticker"].cat.codes.to_numpy()
-        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-        lengths = np.diff(np.r_[starts, len(codes)])
+        starts, lengths = ticker_runs(frame)
         short = lengths < self.window + self.horizon
         for start, length in zip(starts[short], lengths[short], strict=True):
             warnings.warn(
@@ -452,14 +457,11 @@ class PriceDataModule(ForecastData):
         if isinstance(train, pd.DataFrame):  # an override may return the rows rather than a mask
             train = frame.index.isin(train.index)
         train = np.asarray(train, dtype=bool)
-        ticker = frame["ticker"]
-        codes = ticker.cat.codes.to_numpy()
-        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-        bounds = zip(starts.tolist(), np.r_[starts[1:], len(codes)].tolist(), strict=True)
         if self.scale_per_ticker:  # rows are sorted by ticker: one slice each
-            groups = [(ticker.iat[a], slice(a, b)) for a, b in bounds if train[a:b].any()]
+            bounds = zip(*ticker_runs(frame), strict=True)
+            groups = [(frame["ticker"].iat[a], slice(a, a + n)) for a, n in bounds if train[a : a + n].any()]
         else:
-            groups = [("*", slice(0, len(codes)))]
+            groups = [("*", slice(0, len(frame)))]
         # Per ticker, each rank fits its own tickers; one scaler for all combines every rank's moments.
         pooled = None if self.scale_per_ticker else gather
         keys = ("tickers", "center", "scale", "target_center", "target_scale")
@@ -522,11 +524,11 @@ class PriceDataModule(ForecastData):
         return stats
 
     def returns(self, frame: pd.DataFrame) -> np.ndarray | None:
-        """Each row's log return (the risk baselines' input), or None without close prices."""
-        for column in ("f:log_return", "r:log_return"):  # a feature, or kept by load() for these baselines
-            if column in frame:
-                return frame[column].to_numpy().astype(np.float64, copy=False)
-        return None
+        """Each row's log return (the risk baselines' input: load() computes it whenever close prices
+        are read), or None without close prices."""
+        if "f:log_return" not in frame:
+            return None
+        return frame["f:log_return"].to_numpy().astype(np.float64, copy=False)
 
     @staticmethod
     def series_ids(frame: pd.DataFrame) -> np.ndarray:

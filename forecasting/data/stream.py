@@ -184,6 +184,14 @@ def eval_streams(features, targets, loc, scale, series, bad, ends, baselines=Non
     return EvalStreams(features, targets, loc, scale, starts, grouped, baselines, risk)
 
 
+def scored(out: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Outputs (B, T, ...) at the steps a batch scores: each window's last step, or in stream mode
+    the (lane, step) pairs `at` names."""
+    if "at" in batch:
+        return out[batch["at"][:, 0], batch["at"][:, 1]]
+    return out[:, -1]
+
+
 def as_windows(batch: dict, window: int, limit: int) -> dict:
     """The first `limit` scored steps of an evaluation batch as windows of `window` steps, the
     shape the fixed-batch diagnostics measure on (gradient flow over the window, gates)."""

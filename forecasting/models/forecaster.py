@@ -44,6 +44,7 @@ from torchmetrics import CatMetric, MeanAbsoluteError, MeanMetric, MeanSquaredEr
 
 from forecasting import calibration, persistence, risk_baselines
 from forecasting.callbacks.common import tensorboard
+from forecasting.data import stream
 from forecasting.errors import ForecastingError
 from forecasting.models import contract, heads
 from forecasting.models import state as lanes
@@ -146,7 +147,12 @@ class Forecaster(L.LightningModule):
 
     def distribution(self, x: torch.Tensor) -> torch.Tensor:
         """(B, window, F) -> (B, H, n_params): the head's parameters at each window's end, scaled units."""
-        return self.head(contract.call(self.net, x)[0][:, -1])
+        return self.forecasts({"x": x})[1]
+
+    def as_forecast(self, params: torch.Tensor) -> calibration.Forecast:
+        """The head's parameters (original units) as a calibration.Forecast: quantiles, intervals, CDF."""
+        values = params.detach().float().cpu().numpy() if torch.is_tensor(params) else params
+        return calibration.Forecast(self.head.family, values, getattr(self.head, "levels", None))
 
     def output_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The training loss of raw network outputs (..., H * n_params) against targets (..., H):
@@ -158,7 +164,7 @@ class Forecaster(L.LightningModule):
         first = max(0, self.hparams.burn_in - offset)
         if first >= out.shape[1]:
             return None
-        return self.head.loss(self.head(out[:, first:]), y[:, first:])
+        return self.output_loss(out[:, first:], y[:, first:])
 
     def log_train_loss(self, loss: torch.Tensor, n: int, batch_idx: int, batches_before: int) -> None:
         """train/loss_step: the mean over the batches since the last written step; train/loss_epoch:
@@ -179,9 +185,7 @@ class Forecaster(L.LightningModule):
         each window's last step, or in stream mode the steps `at` names of the whole series the
         batch holds."""
         out, _ = contract.call(self.net, batch["x"])
-        if "at" in batch:
-            return out, self.head(out[batch["at"][:, 0], batch["at"][:, 1]])
-        return out, self.head(out[:, -1])
+        return out, self.head(stream.scored(out, batch))
 
     def _step(self, batch: dict, stage: str, batch_idx: int = 0) -> torch.Tensor:
         out, params = self.forecasts(batch)
@@ -252,8 +256,7 @@ class Forecaster(L.LightningModule):
         self.calibration[stage].reset()
         if data is None:
             return
-        levels = getattr(self.head, "levels", None)
-        forecast, actual = calibration.Forecast(self.head.family, data["params"], levels), data["actual"]
+        forecast, actual = self.as_forecast(data["params"]), data["actual"]
         returns = self.hparams.target_kind == "return"
         if stage == "val":
             self.conformal = calibration.fit_conformal(forecast, actual)
@@ -339,7 +342,7 @@ class Forecaster(L.LightningModule):
         self._carry = contract.detach(state)
         scored = batch["pos"] >= self.hparams.burn_in  # after the burn-in at each stream's start only
         n = scored.sum()
-        loss = self.head.loss(self.head(out[scored]), batch["y"][scored]) if n > 0 else out.sum() * 0.0
+        loss = self.output_loss(out[scored], batch["y"][scored]) if n > 0 else out.sum() * 0.0
         return loss, n
 
     def _stream_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -433,7 +436,7 @@ class Forecaster(L.LightningModule):
         # predict's CSV columns: the distribution's parameters, and the split-conformal intervals.
         columns = {} if self.head.family == "point" else dict(zip(self.head.names, params.unbind(-1), strict=True))
         if self.conformal:
-            forecast = calibration.Forecast(self.head.family, params.cpu().numpy(), getattr(self.head, "levels", None))
+            forecast = self.as_forecast(params)
             for level in calibration.INTERVALS:
                 radius = self.conformal[calibration.pct(level)]
                 for side, v in zip(("lo", "hi"), calibration.conformal_interval(forecast, level, radius), strict=True):
