@@ -265,6 +265,19 @@ def test_gates_match_the_lstm_equations_and_a_huge_forget_bias_saturates():
     assert all(saturated(f) == 1.0 and saturated(i) < 0.05 for i, f in gates.values())
 
 
+def test_gates_from_a_recorded_forward_equal_those_of_a_second_run():
+    # network_gates takes a one-layer LSTM's hidden states from the forward pass it records;
+    # lstm_gates without them runs the layer again: the two must agree.
+    torch.manual_seed(1)
+    net, x = model(hidden_sizes=[8, 4]).net.eval(), torch.randn(B, WINDOW, FEATURES)
+    recorded = network_gates(net, x)
+    inputs = [x, net.layers[0](x)[0]]  # what each layer receives (dropout is off in eval mode)
+    for k, name in enumerate(["layers.0", "layers.1"]):
+        ((i, f),), _ = lstm_gates(net.layers[k], inputs[k])
+        torch.testing.assert_close(recorded[name][0], i, rtol=0, atol=1e-6)
+        torch.testing.assert_close(recorded[name][1], f, rtol=0, atol=1e-6)
+
+
 def test_first_nonfinite_names_the_tensor_and_what_is_wrong():
     ok, big = torch.ones(3), torch.full((4,), 3e38)  # each value finite, the norm overflows float32
     assert first_nonfinite([("a", ok), ("b", None), ("c", 2 * ok)]) is None

@@ -4,16 +4,15 @@ A distribution head (model.head) adds its central 50% and 90% intervals as bands
 
 import numpy as np
 import torch
-from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from forecasting import calibration
-from forecasting.callbacks.common import tensorboard
+from forecasting.callbacks.common import DrawsFigures, tensorboard
 from forecasting.data import stream
 
 
-class ForecastPlot(Callback):
+class ForecastPlot(DrawsFigures):
     """ticker: the series to draw; default the split's first. The first horizon step is drawn.
 
     Where the data module describes its samples by date and ticker (PriceDataModule) the x axis is
@@ -24,7 +23,8 @@ class ForecastPlot(Callback):
 
     every_n_validations: draw after the 0th, N-th, 2N-th, ... validation of `fit` (not the sanity
     check), and in every `test`. A figure costs tens of ms per validation on a CPU, and the first of
-    a process ~0.25 s more (fonts): BENCHMARKS.md. 1 draws every validation.
+    a process ~0.25 s more (fonts): BENCHMARKS.md; a worker thread draws it while training goes on
+    (DrawsFigures). 1 draws every validation.
     """
 
     def __init__(self, ticker: str | None = None, every_n_validations: int = 5, max_points: int = 2000):
@@ -107,24 +107,14 @@ class ForecastPlot(Callback):
             for a in self._parts[0][3]
         }
         x = [self._dates[r] for r in rows.tolist()] if self._dates is not None else rows
-        from matplotlib.figure import Figure  # imported when first drawn: runs without figures never pay for it
-
-        fig = Figure(figsize=(8, 3.5))  # no layout engine: it would double the drawing time
-        fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.18)
-        ax = fig.add_subplot()
-        for level, (lo, hi) in sorted(bands.items(), reverse=True):
-            ax.fill_between(x, lo, hi, color="tab:orange", alpha=0.15 if level > 0.5 else 0.3, lw=0,
-                            label=f"{level:.0%} interval")  # fmt: skip
-        ax.plot(x, actual, lw=1, label="actual")
-        ax.plot(x, forecast, lw=1, label="forecast")
-        ax.set_xlabel("forecast date" if self._dates is not None else "row")
-        ax.set_ylabel(getattr(trainer.datamodule, "target", None) or "target")
         mae = float(np.mean(np.abs(forecast - actual)))
         name = f"{self._ticker}, " if self._ticker else ""
-        ax.set_title(f"{stage}: {name}step {trainer.global_step}, MAE {mae:.3g} (original units)")
-        ax.legend(loc="upper left")
-        tensorboard(trainer).add_figure(f"forecast/{stage}", fig, trainer.global_step)
+        title = f"{stage}: {name}step {trainer.global_step}, MAE {mae:.3g} (original units)"
+        ylabel = getattr(trainer.datamodule, "target", None) or "target"
+        xlabel = "forecast date" if self._dates is not None else "row"
         self.drawn = dict(ticker=self._ticker, rows=rows, x=x, forecast=forecast, actual=actual, bands=bands)
+        figure = dict(self.drawn, title=title, xlabel=xlabel, ylabel=ylabel)
+        self.draw_later(draw_forecasts, tensorboard(trainer), f"forecast/{stage}", trainer.global_step, figure)
 
     def _remove_hook(self) -> None:
         if self._hook is not None:
@@ -133,6 +123,7 @@ class ForecastPlot(Callback):
 
     def on_exception(self, trainer, pl_module, exception):
         self._remove_hook()
+        super().on_exception(trainer, pl_module, exception)
 
     def on_validation_epoch_start(self, trainer, pl_module):
         self._start(trainer, pl_module, "val")
@@ -151,3 +142,23 @@ class ForecastPlot(Callback):
 
     def on_test_epoch_end(self, trainer, pl_module):
         self._draw(trainer, "test")
+
+
+def draw_forecasts(writer, tag: str, step: int, drawn: dict) -> None:
+    """The figure of ForecastPlot: forecast and actual against time, the head's bands if any."""
+    from matplotlib.figure import Figure  # imported when first drawn: runs without figures never pay for it
+
+    fig = Figure(figsize=(8, 3.5))  # no layout engine: it would double the drawing time
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.18)
+    ax = fig.add_subplot()
+    x = drawn["x"]
+    for level, (lo, hi) in sorted(drawn["bands"].items(), reverse=True):
+        ax.fill_between(x, lo, hi, color="tab:orange", alpha=0.15 if level > 0.5 else 0.3, lw=0,
+                        label=f"{level:.0%} interval")  # fmt: skip
+    ax.plot(x, drawn["actual"], lw=1, label="actual")
+    ax.plot(x, drawn["forecast"], lw=1, label="forecast")
+    ax.set_xlabel(drawn["xlabel"])
+    ax.set_ylabel(drawn["ylabel"])
+    ax.set_title(drawn["title"])
+    ax.legend(loc="upper left")
+    writer.add_figure(tag, fig, step)

@@ -19,20 +19,26 @@ LOW, HIGH = 0.05, 0.95
 
 
 @torch.no_grad()
-def lstm_gates(lstm: nn.LSTM, x: torch.Tensor) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+def lstm_gates(
+    lstm: nn.LSTM, x: torch.Tensor, output: torch.Tensor | None = None
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
     """Input and forget gate activations of a batch_first nn.LSTM, which its fused kernel hides.
 
     Each layer's hidden states come from PyTorch's own kernel (a one-layer LSTM borrowing that
     layer's weights); the gates of all steps are then recomputed at once from each step's input
     and previous hidden state. Returns [(input gate, forget gate)] per layer, each (B, T, H),
-    and the last layer's outputs (equal to `lstm(x)[0]` in eval mode)."""
+    and the last layer's outputs (equal to `lstm(x)[0]` in eval mode). `output`: what a one-layer
+    `lstm(x)` returned from a zero state, if known (its hidden states: nothing to run again)."""
     names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if lstm.bias else ("weight_ih", "weight_hh")
     gates, seq = [], x
     for layer in range(lstm.num_layers):
         # Copies: on CUDA the borrowing LSTM re-packs the weights it is given into its own buffer.
         w = {name: getattr(lstm, f"{name}_l{layer}").clone() for name in names}
-        single = nn.LSTM(seq.shape[-1], lstm.hidden_size, bias=lstm.bias, batch_first=True, device="meta")
-        out, _ = torch.func.functional_call(single, {f"{name}_l0": v for name, v in w.items()}, (seq,))
+        if output is not None and lstm.num_layers == 1:
+            out = output
+        else:
+            single = nn.LSTM(seq.shape[-1], lstm.hidden_size, bias=lstm.bias, batch_first=True, device="meta")
+            out, _ = torch.func.functional_call(single, {f"{name}_l0": v for name, v in w.items()}, (seq,))
         h_prev = torch.cat([torch.zeros_like(out[:, :1]), out[:, :-1]], dim=1)
         pre = seq @ w["weight_ih"].T + h_prev @ w["weight_hh"].T + (w["bias_ih"] + w["bias_hh"] if lstm.bias else 0)
         i, f, _, _ = pre.chunk(4, dim=-1)  # PyTorch's gate order: input, forget, cell, output
@@ -44,12 +50,15 @@ def lstm_gates(lstm: nn.LSTM, x: torch.Tensor) -> tuple[list[tuple[torch.Tensor,
 @torch.no_grad()
 def network_gates(net: nn.Module, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{layer: (input gate, forget gate)} of every LSTM layer in any network, on input x: one
-    forward pass records what each LSTM receives, then its gates are recomputed from that."""
-    seen: dict[str, torch.Tensor] = {}
+    forward pass records what each LSTM receives and returns, then its gates are recomputed from
+    that (a one-layer LSTM's own output gives its hidden states; a stacked one is run layer by layer)."""
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def record(path):
         def hook(module, args, output):  # returns None: the output is left as it is
-            seen.setdefault(path, args[0])
+            # From a zero state (no state passed) the output holds the hidden states the gates need.
+            zero_state = len(args) < 2 or args[1] is None
+            seen.setdefault(path, (args[0], output[0] if zero_state else None))
 
         return hook
 
@@ -65,11 +74,11 @@ def network_gates(net: nn.Module, x: torch.Tensor) -> dict[str, tuple[torch.Tens
             hook.remove()
     modules = dict(net.named_modules())
     gates = {}
-    for path, inputs in seen.items():
+    for path, (inputs, output) in seen.items():
         lstm = modules[path] if path in modules else net  # recurrent_layers names the root 'net'
         if not isinstance(inputs, torch.Tensor):
             continue
-        for k, pair in enumerate(lstm_gates(lstm, inputs)[0]):
+        for k, pair in enumerate(lstm_gates(lstm, inputs, output)[0]):
             gates[path + (f"_l{k}" if lstm.num_layers > 1 else "")] = pair
     return gates
 

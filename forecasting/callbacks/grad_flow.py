@@ -15,6 +15,7 @@ to the first shows how much signal backpropagation carries across the window.
 import contextlib
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -56,7 +57,8 @@ class GradientFlow(FixedBatchCallback):
 
     figure_every_n: draw the figure on the 0th, N-th, 2N-th, ... measurement (the 0th is the untrained
     model at the sanity check); the scalars are logged on every one. A figure costs tens of ms per
-    validation on a CPU, more than the measurement itself (BENCHMARKS.md); 1 draws every time.
+    validation on a CPU, more than the measurement itself (BENCHMARKS.md), and is drawn by a worker
+    thread while training goes on (DrawsFigures); 1 draws every time.
     """
 
     def __init__(self, every_n_steps: int | None = None, max_samples: int = 64, figure_every_n: int = 5):
@@ -75,14 +77,18 @@ class GradientFlow(FixedBatchCallback):
         log_scalars(trainer, {"grad_flow/first_to_last": ratio, "grad_flow/log10_first_to_last": log10})
         writer = tensorboard(trainer)
         if writer is not None and draw:
-            from matplotlib.figure import Figure  # imported when first drawn: runs without figures never pay for it
+            self.draw_later(draw_gradient_flow, writer, norms.numpy(), ratio, trainer.global_step)
 
-            fig = Figure(figsize=(6, 3.5))  # no layout engine: it would double the drawing time
-            fig.subplots_adjust(left=0.14, right=0.97, top=0.9, bottom=0.14)
-            ax = fig.add_subplot()
-            # log10 values on a linear axis: a log axis draws its tick labels with mathtext, 3x slower
-            ax.plot(range(len(norms)), norms.flip(0).clamp(min=1e-300).log10().numpy())
-            ax.set_xlabel("steps back from the last input")
-            ax.set_ylabel("log10 ||dL/dx_t||")
-            ax.set_title(f"gradient flow at step {trainer.global_step}: first/last = {ratio:.2g}")
-            writer.add_figure("grad_flow/per_step", fig, trainer.global_step)
+
+def draw_gradient_flow(writer, norms: np.ndarray, ratio: float, step: int) -> None:
+    from matplotlib.figure import Figure  # imported when first drawn: runs without figures never pay for it
+
+    fig = Figure(figsize=(6, 3.5))  # no layout engine: it would double the drawing time
+    fig.subplots_adjust(left=0.14, right=0.97, top=0.9, bottom=0.14)
+    ax = fig.add_subplot()
+    # log10 values on a linear axis: a log axis draws its tick labels with mathtext, 3x slower
+    ax.plot(range(len(norms)), np.log10(np.maximum(norms[::-1], 1e-300)))
+    ax.set_xlabel("steps back from the last input")
+    ax.set_ylabel("log10 ||dL/dx_t||")
+    ax.set_title(f"gradient flow at step {step}: first/last = {ratio:.2g}")
+    writer.add_figure("grad_flow/per_step", fig, step)
