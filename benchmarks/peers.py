@@ -73,7 +73,11 @@ NOTES = """Differences that remain:
   two checkpoints and runs its diagnostics (not in the "diagnostics off" row); the peers compute the
   validation loss only, with no logger and no checkpoints. deterministic: true in the template only.
 - Heads: a linear layer on the last hidden state in all (NeuralForecast decoder_layers=1; Darts default).
-- Progress bars off in all."""
+- Progress bars off in all.
+- The plain PyTorch loop is no library: the template's network with the same initial weights, the same
+  windows, AdamW and clipping, a forward pass over the validation windows each epoch, nothing else (no
+  LR schedule, metrics, logging or checkpoints). Every library runs the same nn.LSTM kernels, so its
+  windows/s is about the most any of them can reach."""
 DIAGNOSTICS = tuple(f"forecasting.callbacks.{m}" for m in ("nonfinite_guard", "grad", "gate", "forecast", "hparams"))
 INSTALL = (
     "python -m venv /tmp/peers && /tmp/peers/bin/pip install torch==2.13.0 && "
@@ -162,17 +166,51 @@ def run_template(data: Data, diagnostics: bool = True) -> dict:
     cli.trainer.callbacks.append(timer)
     with quiet():
         cli.trainer.fit(cli.model, cli.datamodule)
-    ds, model = cli.datamodule.dataset("test"), cli.model.eval()
+    forecasts = forecasts_on_test(data, cli, cli.model.eval())
+    return {"seconds": sum(type(timer).seconds), "windows": data.n_train * data.epochs, "forecasts": forecasts}
+
+
+def forecasts_on_test(data: Data, cli, net) -> dict:
+    """(ticker, ds) -> scaled forecast of every test window, from `net` on the template's test windows."""
+    ds = cli.datamodule.dataset("test")
     batch = ds.__getitems__(list(range(len(ds))))
     with torch.no_grad():
-        pred = model(batch["x"])[:, 0].numpy()
+        pred = net(batch["x"])[:, 0].numpy()
     # The window ending on row r forecasts row r + 1: key it by that row's (ticker, ds).
     frame = cli.datamodule.frames["fit"]
     target_rows = batch["row"].numpy() + 1
     lookup = data.long.set_index(["unique_id", "time"])["ds"]
     keys = zip(frame["ticker"].to_numpy()[target_rows], frame["time"].to_numpy()[target_rows], strict=True)
-    forecasts = {(u, int(lookup[(u, t)])): float(p) for (u, t), p in zip(keys, pred, strict=True)}
-    return {"seconds": sum(type(timer).seconds), "windows": data.n_train * data.epochs, "forecasts": forecasts}
+    return {(u, int(lookup[(u, t)])): float(p) for (u, t), p in zip(keys, pred, strict=True)}
+
+
+def run_plain(data: Data) -> dict:
+    """No library: the template's network (same initial weights), windows, AdamW, clipping and a
+    validation pass per epoch in a ten-line PyTorch loop. What the compute alone allows: no loop of
+    any library around the same nn.LSTM can be much faster than this."""
+    cli = data.template_cli()
+    dm, net = cli.datamodule, cli.model.net
+    dm.setup("fit")
+    train, val = dm.dataset("train"), dm.dataset("val")
+    optimiser = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    generator = torch.Generator().manual_seed(SEED)
+    start = time.perf_counter()
+    for _ in range(data.epochs):
+        net.train()
+        for index in torch.randperm(len(train), generator=generator).split(BATCH):
+            batch = train.__getitems__(index)
+            loss = torch.nn.functional.mse_loss(net(batch["x"])[0][:, -1], batch["y"])
+            optimiser.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), CLIP)
+            optimiser.step()
+        net.eval()
+        with torch.no_grad():
+            for index in torch.arange(len(val)).split(BATCH):
+                net(val.__getitems__(index)["x"])
+    seconds = time.perf_counter() - start
+    forecasts = forecasts_on_test(data, cli, lambda x: net(x)[0][:, -1])
+    return {"seconds": seconds, "windows": data.n_train * data.epochs, "forecasts": forecasts}
 
 
 def run_neuralforecast(data: Data) -> dict:
@@ -264,12 +302,13 @@ if __name__ == "__main__":
     runners = {
         "template (forecasting)": run_template,
         "template, diagnostics off": lambda d: run_template(d, diagnostics=False),
+        "plain PyTorch loop, no library (the ceiling)": run_plain,
         "NeuralForecast LSTM": run_neuralforecast,
         "Darts BlockRNNModel": lambda d: run_darts(d, "block"),
         "Darts RNNModel": lambda d: run_darts(d, "rnn"),
     }
     if PEERS_MISSING:
-        runners = {k: v for k, v in runners.items() if k.startswith("template")}
+        runners = {k: v for k, v in runners.items() if k.startswith(("template", "plain"))}
     names = list(runners)
     results: dict[str, list[dict]] = {name: [] for name in runners}
     with tempfile.TemporaryDirectory() as tmp:
