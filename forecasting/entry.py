@@ -6,6 +6,7 @@ prints the list from SUBCOMMANDS (tests/test_entry.py checks it against the CLI'
 other command line to `forecasting.cli.main`, which builds the full parser.
 """
 
+import gc
 import sys
 
 # name -> one line; keep in step with ForecastingCLI.subcommands() (a test compares them).
@@ -51,6 +52,16 @@ def main(args: list[str] | None = None) -> None:
     if argv in (["-h"], ["--help"]):
         print(help_text(), end="")
         sys.exit(0)
-    from forecasting.cli import main as cli_main  # torch, Lightning and the rest: only when they are used
-
+    # torch, Lightning and the rest: imported only when they are used. They create ~430k objects and
+    # almost no garbage, yet the cyclic garbage collector would scan them all, again and again: several
+    # full collections while importing and more when Python exits (seconds on a small CPU:
+    # BENCHMARKS.md). So no collection while importing, then gc.freeze(): what the imports made is
+    # never scanned again (nor collected at exit, as the OS frees it). Objects of the run itself are
+    # collected as usual.
+    gc.disable()
+    try:
+        from forecasting.cli import main as cli_main
+    finally:
+        gc.freeze()
+        gc.enable()
     cli_main(args)
