@@ -22,9 +22,16 @@ persistence checks, TensorBoard, diagnostics, a last.ckpt, early stopping (the t
     python benchmarks/plain_fit.py --epochs 3
 """
 
+import gc
+import os
 import time
 
 T0 = time.perf_counter()
+# PLAIN_FIT_FREEZE_GC=1: the start-up trick of `python -m forecasting` (forecasting/entry.py) here too,
+# no garbage collection while importing, then gc.freeze(); whole_run.py --plain-freeze-gc.
+FREEZE_GC = os.environ.get("PLAIN_FIT_FREEZE_GC") == "1"
+if FREEZE_GC:
+    gc.disable()
 import argparse  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -38,6 +45,10 @@ T_TORCH = time.perf_counter()
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for `forecasting.data`
 from forecasting.data import features as F  # noqa: E402
 from forecasting.data.io import read_prices  # noqa: E402
+
+if FREEZE_GC:
+    gc.freeze()
+    gc.enable()
 
 T_DATA = time.perf_counter()
 

@@ -8,6 +8,7 @@ nothing extra, 0.85 that a template run takes 1 / 0.85 = 1.18x the plain script'
     python benchmarks/whole_run.py                          # everything, ~25 min on 2 loaded cores
     python benchmarks/whole_run.py --sections runs --epochs 1 3 15 --repeats 3
     python benchmarks/whole_run.py --sections startup breakdown
+    python benchmarks/whole_run.py --sections runs --epochs 3 --plain-freeze-gc   # the plain script with gc.freeze()
 
 Sections:
   runs       fit at each --epochs (1, 3, 15: fixed and per-epoch costs separate) against the plain script
@@ -94,7 +95,10 @@ def spread(values: list[float], fmt: str = "{:.1f}") -> str:
 
 
 def section_runs(args, env, tmp) -> None:
-    print(f"\n### Whole fit, template vs plain script ({args.repeats} alternating repeats, wall seconds)\n")
+    plain = "plain script with the template's gc.freeze() start-up" if args.plain_freeze_gc else "plain script"
+    print(f"\n### Whole fit, template vs {plain} ({args.repeats} alternating repeats, wall seconds)\n")
+    if args.plain_freeze_gc:
+        env = {**env, "PLAIN_FIT_FREEZE_GC": "1"}
     print("| epochs | template s | plain s | ratio of medians | paired ratio plain / template | template CPU s | plain CPU s | paired CPU ratio | template / plain peak MB |")  # noqa: E501
     print("|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     medians = {}
@@ -221,6 +225,9 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every run (0: torch's choice)")
     parser.add_argument("--repo", type=Path, default=ROOT, help="checkout whose template runs (default: this one)")
+    parser.add_argument("--plain-freeze-gc", action="store_true",
+                        help="runs: give the plain script the template's start-up trick too (gc off while importing, "
+                             "then gc.freeze(): PLAIN_FIT_FREEZE_GC=1)")  # fmt: skip
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": str(args.repo), "PYTHONWARNINGS": "ignore"}
     if args.threads:
