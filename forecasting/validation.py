@@ -274,6 +274,49 @@ def check_trainer(trainer: dict) -> None:
         raise ForecastingError(f"trainer: {first_line(err)} (with {keys})") from None
 
 
+def check_precision(trainer, model, train: bool, configured=None) -> None:
+    """On a CPU, lower precisions miss kernels for some layers (an LSTM under 16-mixed, or bf16-mixed
+    on a CPU without bfloat16 instructions, fails deep inside oneDNN after the run folder is written).
+    So: one step of a copy of the network on a tiny random batch under the run's precision, before
+    anything is written. Only when the precision is not 32/64-bit and the run is on a CPU; a network
+    that fails in float32 too is left to fail as it would (that is the network's bug, not the setting)."""
+    import copy
+
+    from forecasting.models import contract
+
+    precision = str(trainer.precision)
+    net, n_features = getattr(model, "net", None), getattr(model, "hparams", {}).get("n_features")
+    if precision in ("32-true", "64-true", "32", "64") or trainer.strategy.root_device.type != "cpu":
+        return
+    if not isinstance(net, torch.nn.Module) or not isinstance(n_features, int):
+        return
+    x = torch.randn(2, 8, n_features, generator=torch.Generator().manual_seed(0))
+
+    def step(plugin) -> None:
+        copied, inputs = copy.deepcopy(net).train(), x
+        if plugin is not None:
+            copied, inputs = plugin.convert_module(copied), plugin.convert_input(x)
+        with plugin.forward_context() if plugin is not None else contextlib.nullcontext():
+            out, _ = contract.call(copied, inputs)
+        if train:
+            out.float().sum().backward()
+
+    with torch.random.fork_rng(devices=[]):  # dropout in the copy must not move the run's random numbers
+        try:
+            step(trainer.precision_plugin)
+        except Exception as err:  # noqa: BLE001  any kernel error; re-checked in float32 below
+            try:
+                step(None)
+            except Exception:  # noqa: BLE001
+                return  # fails in float32 as well: not the precision's doing
+            given = precision if configured in (None, precision) else f"{configured} (on a CPU: {precision})"
+            reason = first_line(err).split(". ")[0]  # oneDNN's first sentence says it; the rest is how to debug
+            raise ForecastingError(
+                f"trainer.precision: {given} does not run this network on this CPU ({type(err).__name__}: "
+                f"{reason}); use 32-true, or run on a GPU"
+            ) from None
+
+
 def check_writable_dir(key: str, value) -> None:
     if value is None:
         return

@@ -110,6 +110,18 @@ def test_gpu_on_a_cpu_machine(tmp_path, corpus, capsys):
     assert "trainer.accelerator='gpu'" in message
 
 
+def test_a_precision_the_cpu_cannot_run_is_refused_before_anything_is_written(tmp_path, corpus, capsys):
+    root, data, _ = corpus
+    net = ["--model.net.class_path", "tests.nets.Float32Only"]
+    for precision in ("bf16-mixed", "16-mixed"):  # Lightning runs 16-mixed as bf16-mixed on a CPU
+        line = refused([*cli(tmp_path, data, "fit", *net, "--trainer.precision", precision)], capsys, tmp_path)
+        assert line.startswith(f"error: trainer.precision: {precision}") and "use 32-true" in line, line
+        assert "could not create a primitive descriptor" in line
+    # In float32 the same network trains: the check refuses the setting, not the network.
+    main([*cli(tmp_path, data, "fit", *net, "--trainer.max_steps", "2")])
+    assert list((tmp_path / "logs").rglob("*.ckpt"))
+
+
 def test_files_named_by_keys_that_cannot_be_used(tmp_path, corpus, capsys):
     data = corpus[1]
     afile = tmp_path / "afile"
