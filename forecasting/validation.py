@@ -260,11 +260,16 @@ def check_trainer(trainer: dict) -> None:
         if isinstance(kwargs.get(key), dict):
             kwargs.pop(key)
     kwargs.update(logger=False, enable_checkpointing=False, callbacks=None)
-    for key in ("max_epochs", "max_steps", "min_epochs", "min_steps", "log_every_n_steps", "check_val_every_n_epoch"):
+    # Integer keys Lightning accepts at Trainer() but fails on later (accumulate_grad_batches 0: a
+    # ZeroDivisionError in the first step, after the run folder is written), with their smallest value.
+    floors = {"max_epochs": -1, "max_steps": -1, "min_epochs": 0, "min_steps": 0, "log_every_n_steps": 0,
+              "check_val_every_n_epoch": 1, "accumulate_grad_batches": 1, "num_sanity_val_steps": -1}  # fmt: skip
+    for key, floor in floors.items():
         value = trainer.get(key)
-        floor = -1 if key in ("max_epochs", "max_steps") else 0
-        if isinstance(value, int) and value < floor:
-            allowed = "-1 (no limit) or 0 and more" if floor == -1 else "0 or more"
+        if isinstance(value, int) and not isinstance(value, bool) and value < floor:
+            allowed = {-1: "-1 (no limit) or 0 and more", 0: "0 or more", 1: "1 or more"}[floor]
+            if key == "num_sanity_val_steps":
+                allowed = "-1 (every validation batch), 0 (no sanity check) or more"
             raise ForecastingError(f"trainer.{key}: {value} is not allowed; use {allowed}")
     try:
         with quiet():
