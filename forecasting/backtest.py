@@ -39,7 +39,7 @@ import torch
 
 from forecasting import stats
 from forecasting.baselines import scores
-from forecasting.errors import ForecastingError
+from forecasting.errors import ForecastingError, OneLineParser
 
 UNITS = {"d": "days", "w": "weeks", "m": "months", "y": "years"}
 
@@ -77,7 +77,14 @@ def plan(dates, folds: int | None, test_period: str, val_period: str | None = No
         folds = 4 if folds is None else folds
         first = end - step * folds if folds else end
     else:
-        first = pd.Timestamp(start)
+        try:
+            first = pd.Timestamp(start)
+        except (ValueError, TypeError):
+            raise ForecastingError(f"--start: cannot read the date {start!r}; use YYYY-MM-DD") from None
+        if first >= end:
+            raise ForecastingError(
+                f"--start {first.date()}: no day of the data is on or after it (the last is {dates[-1].date()})"
+            )
         if folds is None:  # as many periods as reach the data's end (the last one may be shorter)
             folds = 0
             while first + step * folds < end:
@@ -343,7 +350,7 @@ def to_tensorboard(path: Path, text: str, figure) -> None:
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m forecasting backtest",
         description="Walk-forward backtest: a fresh fit per fold, pooled tables and Diebold-Mariano tests.",
         epilog="Every other argument (--config, --trainer.max_epochs 10, ...) is passed to each fold's fit.",

@@ -39,7 +39,7 @@ import yaml
 from lightning.pytorch import Callback
 
 from forecasting.cli import ForecastingCLI, build
-from forecasting.errors import ForecastingError
+from forecasting.errors import ForecastingError, OneLineParser
 
 # Diagnostics read back from each trial's TensorBoard file (the callbacks log them straight to the
 # logger, so they are not in trainer.callback_metrics): tag -> how to reduce the logged series.
@@ -519,7 +519,7 @@ def test_line(metrics: dict[str, float]) -> str:
 
 # ---------------------------------------------------------------------------- the command
 def arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m forecasting tune",
         description="Optuna search over config keys; other arguments (--config, overrides) are those of `fit`.",
     )

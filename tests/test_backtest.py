@@ -74,6 +74,8 @@ def test_plan_tiles_the_last_periods_without_overlap():
         (dict(folds=5, test_period="1y"), "no training days"),
         (dict(folds=2, test_period="1y", scheme="sliding"), "needs --train_period"),
         (dict(folds=2, test_period="1y", start="2016-01-01"), "no day of the data"),
+        (dict(folds=None, test_period="1y", start="2016-01-01"), "--start 2016-01-01: no day of the data"),
+        (dict(folds=None, test_period="1y", start="the spring"), "--start: cannot read the date"),
     ],
 )
 def test_plan_refuses_in_one_line(kwargs, message):

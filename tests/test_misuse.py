@@ -324,3 +324,16 @@ def test_numeric_looking_tickers_stay_distinct_and_blank_lines_count(tmp_path):
     (tmp_path / "blank.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(ForecastingError, match="line 34, column 'volume'"):
         PriceDataModule(**dm_kwargs(tmp_path / "blank.csv")).setup("fit")
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["tune", "--config", "configs/volatility.yaml"], "tune: the following arguments are required: --tune.space"),
+        (["tune", "--tune.space", "s.yaml", "--tune.trials", "many"], "argument --tune.trials: invalid int value"),
+        (["backtest", "--config", "configs/volatility.yaml", "--scheme", "weird"], "argument --scheme: invalid choice"),
+    ],
+)
+def test_usage_errors_of_backtest_and_tune_are_one_line(tmp_path, capsys, argv, expected):
+    line = refused(argv, capsys, tmp_path)
+    assert expected in line and line.endswith("--help)"), line
