@@ -71,37 +71,49 @@ def _garch_nll(params, y, backcast):
 def fit_garch(returns: np.ndarray) -> list[float]:
     """[mu, omega, alpha, beta] of a GARCH(1,1) fitted by maximum likelihood, in the returns' own units.
 
-    The model of arch's `arch_model(r, mean="Constant", vol="GARCH", p=1, q=1, dist="normal")`, with
-    its conventions: percent returns, the recursion started from the backcast (a 0.94-weighted mean of
-    the first 75 squared residuals about the sample mean), its bounds (1e-8 v <= omega <= 10 v for v
-    the mean squared residual, 0 <= alpha, beta <= 1, alpha + beta <= 1), the best of its grid of
-    starting values, and SLSQP; the gradient here is exact (arch differentiates numerically).
+    The model of arch's `arch_model(100 * r, mean="Constant", vol="GARCH", p=1, q=1, dist="normal")`
+    with its conventions: the recursion starts from the backcast (a 0.94-weighted mean of the first 75
+    squared residuals about the sample mean), its bounds (1e-8 v <= omega <= 10 v for v the mean squared
+    residual, 0 <= alpha, beta <= 1, alpha + beta <= 1), the best of its grid of starting values, SLSQP.
+    Two differences, neither in the model: the gradient is exact (arch's is numerical), and the returns
+    are standardised rather than put in percent (the model is scale-equivariant: mu scales with the
+    returns, omega with their square), so the optimiser is equally well conditioned at any scale.
     """
-    y = returns[np.isfinite(returns)].astype(float) * 100  # percent returns, as arch fits them
+    r = returns[np.isfinite(returns)].astype(float)
+    scale = float(np.sqrt(np.mean((r - r.mean()) ** 2)))
+    if not scale > 0:  # constant returns: no variance to model
+        return [float(r.mean()), 0.0, 0.0, 0.0]
+    y = r / scale
     resids = y - y.mean()
     tau = min(75, len(y))
     w = 0.94 ** np.arange(tau)
     backcast = float(np.sum(resids[:tau] ** 2 * (w / w.sum())))
-    v = float(np.mean(resids**2))
+    v = float(np.mean(resids**2))  # 1 up to rounding
     starts = [
         np.array([y.mean(), (1 - persistence) * v, alpha, persistence - alpha])
         for alpha in (0.01, 0.05, 0.1, 0.2)
         for persistence in (0.5, 0.7, 0.9, 0.98)
     ]
     start = min(starts, key=lambda p: _garch_nll(p, y, backcast)[0])
-    scale = max(abs(y.mean()), float(np.sqrt(v)), 1e-8)
-    bounds = [(-10 * scale, 10 * scale), (1e-8 * v, 10 * v), (0.0, 1.0), (0.0, 1.0)]
+    bounds = [(-1e3, 1e3), (1e-8 * v, 10 * v), (0.0, 1.0), (0.0, 1.0)]  # a mean 1000 sd out: none
     stationary = {"type": "ineq", "fun": lambda p: 1.0 - p[2] - p[3], "jac": lambda p: np.array([0.0, 0.0, -1.0, -1.0])}
     with warnings.catch_warnings():
         # SLSQP may step just outside the bounds while it searches; the answer is clipped to them.
         warnings.filterwarnings("ignore", "Values in x were outside bounds", RuntimeWarning)
         found = minimize(
-            _garch_nll, start, args=(y, backcast), jac=True, method="SLSQP", bounds=bounds, constraints=[stationary]
+            _garch_nll,
+            start,
+            args=(y, backcast),
+            jac=True,
+            method="SLSQP",
+            bounds=bounds,
+            constraints=[stationary],
+            options={"ftol": 1e-10, "maxiter": 200},
         )
-    best = found.x if np.isfinite(found.fun) and found.fun <= _garch_nll(start, y, backcast)[0] else start
     # A short or quiet series may stop the optimiser early: the estimate is still the best it found.
-    mu, omega, alpha, beta = (float(np.clip(p, lo, hi)) for p, (lo, hi) in zip(best, bounds))
-    return [mu / 100, omega / 1e4, alpha, beta]
+    best = found.x if np.isfinite(found.fun) and found.fun <= _garch_nll(start, y, backcast)[0] else start
+    mu, omega, alpha, beta = (float(np.clip(p, lo, hi)) for p, (lo, hi) in zip(best, bounds, strict=True))
+    return [mu * scale, omega * scale**2, alpha, beta]
 
 
 def fit(returns, ticker, train_rows, targets, in_train, target_kind: str) -> dict | None:
