@@ -157,23 +157,23 @@ def ticker_groups(ticker):
     return [(str(t), order[edges[k] : edges[k + 1]]) for k, t in enumerate(uniques)]
 
 
-def per_ticker(ticker, values: dict, default: float) -> np.ndarray:
+def per_ticker(ticker, values: dict, default: float, groups=None) -> np.ndarray:
     """(rows,): values[str(ticker)] on each row, `default` for a ticker without one."""
     out = np.full(len(ticker), default, dtype=float)
-    for t, rows in ticker_groups(ticker):
+    for t, rows in ticker_groups(ticker) if groups is None else groups:
         out[rows] = values.get(t, default)
     return out
 
 
-def one_step_variance(returns, ticker, var0: dict, recursion) -> np.ndarray:
+def one_step_variance(returns, ticker, var0: dict, recursion, groups=None) -> np.ndarray:
     """(rows,): the variance forecast for the day after each row, each ticker's returns run in order
     from its training variance: s2 = x + decay * s2 at each finite return (a NaN return leaves s2
     unchanged), where `recursion(t, r)` gives (x, decay) for ticker t's finite returns r, or None for a
     ticker without a model (its forecasts are NaN from its first return on). Linear in s2, so one
-    scipy.signal.lfilter per ticker runs it in C."""
+    scipy.signal.lfilter per ticker runs it in C. groups: ticker_groups(ticker), if already at hand."""
     returns = np.asarray(returns, dtype=np.float64)
     out = np.full(len(returns), np.nan)
-    for t, rows in ticker_groups(ticker):
+    for t, rows in ticker_groups(ticker) if groups is None else groups:
         s2 = var0.get(t, float("nan"))
         r = returns[rows]
         finite = np.isfinite(r)
@@ -187,14 +187,15 @@ def one_step_variance(returns, ticker, var0: dict, recursion) -> np.ndarray:
     return out
 
 
-def ewma_variance(returns, ticker, var0: dict) -> np.ndarray:
+def ewma_variance(returns, ticker, var0: dict, groups=None) -> np.ndarray:
     """(rows,): RiskMetrics' s2[t+1] = 0.94 s2[t] + 0.06 r[t]^2 (mean 0) after each row."""
-    return one_step_variance(returns, ticker, var0, lambda t, r: ((1 - EWMA_LAMBDA) * r * r, EWMA_LAMBDA))
+    return one_step_variance(returns, ticker, var0, lambda t, r: ((1 - EWMA_LAMBDA) * r * r, EWMA_LAMBDA), groups)
 
 
-def garch_variance(returns, ticker, params: dict, horizon: int) -> np.ndarray:
+def garch_variance(returns, ticker, params: dict, horizon: int, groups=None) -> np.ndarray:
     """(rows, horizon): GARCH variance forecasts for 1..horizon days after each row."""
     garch = params["garch"]
+    groups = ticker_groups(ticker) if groups is None else groups
 
     def recursion(t, r):
         if t not in garch:  # a ticker unseen in training (predict on another file)
@@ -202,10 +203,10 @@ def garch_variance(returns, ticker, params: dict, horizon: int) -> np.ndarray:
         mu, omega, alpha, beta = garch[t]
         return omega + alpha * (r - mu) ** 2, beta
 
-    first = one_step_variance(returns, ticker, params["var0"], recursion)
+    first = one_step_variance(returns, ticker, params["var0"], recursion, groups)
     out = np.empty((len(returns), horizon))
-    persistence = per_ticker(ticker, {t: p[2] + p[3] for t, p in garch.items()}, 0.0)
-    omega = per_ticker(ticker, {t: p[1] for t, p in garch.items()}, 0.0)
+    persistence = per_ticker(ticker, {t: p[2] + p[3] for t, p in garch.items()}, 0.0, groups)
+    omega = per_ticker(ticker, {t: p[1] for t, p in garch.items()}, 0.0, groups)
     long_run = np.where(persistence < 1, omega / np.maximum(1 - persistence, 1e-12), first)
     for h in range(horizon):  # v[t+h] = v_bar + (alpha + beta)^(h-1) (v[t+1] - v_bar)
         out[:, h] = long_run + persistence**h * (first - long_run)
@@ -220,14 +221,16 @@ def forecast_rows(returns, ticker, params: dict | None, horizon: int, target_kin
     if params is None or returns is None:
         return point, risk
     rows = len(returns)
+    groups = ticker_groups(ticker)
     if target_kind == "return":
         risk["empirical"] = np.broadcast_to(np.asarray(params["empirical"]), (rows, horizon, len(EMPIRICAL_LEVELS)))
-        scale = np.sqrt(ewma_variance(returns, ticker, params["var0"]))
+        scale = np.sqrt(ewma_variance(returns, ticker, params["var0"], groups))
         risk["ewma"] = np.stack([np.zeros((rows, horizon)), np.repeat(scale[:, None], horizon, 1)], -1)
         if params["garch"] is not None:
-            mu = per_ticker(ticker, {t: p[0] for t, p in params["garch"].items()}, np.nan)
-            var = garch_variance(returns, ticker, params, horizon)
+            mu = per_ticker(ticker, {t: p[0] for t, p in params["garch"].items()}, np.nan, groups)
+            var = garch_variance(returns, ticker, params, horizon, groups)
             risk["garch"] = np.stack([np.repeat(mu[:, None], horizon, 1), np.sqrt(var)], -1)
     elif params["garch"] is not None and params["log_var_gap"] is not None:
-        point["garch"] = np.log(garch_variance(returns, ticker, params, horizon)) + np.asarray(params["log_var_gap"])
+        var = garch_variance(returns, ticker, params, horizon, groups)
+        point["garch"] = np.log(var) + np.asarray(params["log_var_gap"])
     return point, risk
