@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from forecasting import calibration, risk_baselines
@@ -71,7 +72,6 @@ def returns_module(path, **kw) -> PriceDataModule:
     return dm
 
 
-@pytest.mark.skipif(not risk_baselines.available(), reason="needs the arch package (pip install -e '.[finance]')")
 def test_garch_is_fitted_on_training_rows_only(tmp_path):
     prices = make_prices(n_days=400)
     prices.to_csv(tmp_path / "a.csv", index=False)
@@ -96,7 +96,6 @@ def test_garch_is_fitted_on_training_rows_only(tmp_path):
     assert not np.allclose(scale[val_row], same[val_row])
 
 
-@pytest.mark.skipif(not risk_baselines.available(), reason="needs the arch package")
 def test_garch_fit_recovers_known_parameters():
     rng = np.random.default_rng(0)
     omega, alpha, beta, n = 2e-6, 0.1, 0.85, 4000
@@ -106,3 +105,101 @@ def test_garch_fit_recovers_known_parameters():
         v = omega + alpha * r[t] ** 2 + beta * v
     mu, w, a, b = risk_baselines.fit_garch(r)
     assert abs(a - alpha) < 0.04 and abs(b - beta) < 0.05 and abs(mu) < 5e-4
+
+
+def simulate_garch(n, seed, mu=3e-4, omega=2e-6, alpha=0.1, beta=0.85):
+    rng = np.random.default_rng(seed)
+    r, v = np.empty(n), omega / (1 - alpha - beta)
+    for t in range(n):
+        r[t] = mu + math.sqrt(v) * rng.standard_normal()
+        v = omega + alpha * (r[t] - mu) ** 2 + beta * v
+    return r
+
+
+def garch_loglik(params, r):
+    """arch's log-likelihood of [mu, omega, alpha, beta] on percent returns (what it reports)."""
+    y = r * 100
+    resid = y - y.mean()
+    w = 0.94 ** np.arange(min(75, len(y)))
+    backcast = float(np.sum(resid[: len(w)] ** 2 * w / w.sum()))
+    mu, omega, alpha, beta = params[0] * 100, params[1] * 1e4, params[2], params[3]
+    return -risk_baselines._garch_nll(np.array([mu, omega, alpha, beta]), y, backcast)[0]
+
+
+@pytest.mark.parametrize(
+    "seed, n, alpha, beta", [(0, 1000, 0.1, 0.85), (1, 2500, 0.05, 0.93), (2, 5000, 0.2, 0.6), (3, 3000, 0.1, 0.85)]
+)
+def test_garch_fit_matches_arch(seed, n, alpha, beta):
+    arch = pytest.importorskip("arch")
+    r = simulate_garch(n, seed, alpha=alpha, beta=beta)
+    ours = risk_baselines.fit_garch(r)
+    fitted = arch.arch_model(r * 100, mean="Constant", vol="GARCH", p=1, q=1, dist="normal", rescale=False)
+    fitted = fitted.fit(disp="off")
+    theirs = [
+        fitted.params["mu"] / 100,
+        fitted.params["omega"] / 1e4,
+        fitted.params["alpha[1]"],
+        fitted.params["beta[1]"],
+    ]
+    assert garch_loglik(ours, r) >= fitted.loglikelihood - 1e-6 * n
+    assert garch_loglik(theirs, r) == pytest.approx(fitted.loglikelihood, rel=1e-9)  # the same model
+    assert abs(ours[2] - theirs[2]) < 0.01 and abs(ours[3] - theirs[3]) < 0.01
+    assert ours[0] == pytest.approx(theirs[0], abs=1e-5) and ours[1] == pytest.approx(theirs[1], rel=0.05)
+
+
+def test_garch_gradient_is_exact():
+    r = simulate_garch(500, seed=4) * 100
+    params, backcast = np.array([0.03, 0.02, 0.08, 0.9]), float(np.mean(r[:75] ** 2))
+    _, grad = risk_baselines._garch_nll(params, r, backcast)
+    for k in range(4):
+        step = np.zeros(4)
+        step[k] = 1e-6
+        up, down = (risk_baselines._garch_nll(params + s, r, backcast)[0] for s in (step, -step))
+        assert grad[k] == pytest.approx((up - down) / 2e-6, rel=1e-5)
+
+
+def reference_one_step_variance(returns, ticker, var0, step):
+    """risk_baselines.one_step_variance as it was before lfilter: a Python loop over every row."""
+    out = np.full(len(returns), np.nan)
+    for t, index in pd.Series(np.arange(len(returns))).groupby(ticker, sort=False):
+        s2 = var0.get(str(t), float("nan"))
+        for i in index.to_numpy():
+            r = returns[i]
+            if math.isfinite(r):
+                s2 = step(str(t), s2, r)
+            out[i] = s2
+    return out
+
+
+def test_variance_recursions_equal_the_reference_loop():
+    rng = np.random.default_rng(5)
+    n = 3000
+    ticker = rng.choice(np.array(["AAA", "BBB", "CCC", "NEW", "ALLNAN"], dtype=object), n, p=[0.3, 0.3, 0.2, 0.1, 0.1])
+    returns = rng.standard_normal(n) * 0.02
+    returns[rng.random(n) < 0.15] = np.nan
+    returns[:5] = np.nan  # leading NaNs: the training variance carries
+    returns[ticker == "ALLNAN"] = np.nan
+    var0 = {"AAA": 4e-4, "BBB": 1e-4, "CCC": float("nan"), "ALLNAN": 2e-4}  # NEW: unseen in training
+    garch = {"AAA": [1e-3, 1e-5, 0.1, 0.85], "BBB": [-2e-4, 3e-6, 0.05, 0.9], "CCC": [0.0, 1e-6, 0.2, 0.7],
+             "ALLNAN": [0.0, 1e-6, 0.1, 0.8]}  # fmt: skip
+
+    def garch_step(t, s2, r):
+        if t not in garch:
+            return float("nan")
+        mu, omega, alpha, beta = garch[t]
+        return omega + alpha * (r - mu) ** 2 + beta * s2
+
+    def ewma_step(t, s2, r):
+        return risk_baselines.EWMA_LAMBDA * s2 + (1 - risk_baselines.EWMA_LAMBDA) * r * r
+
+    params = {"var0": var0, "garch": garch}
+    for ours, step in [
+        (risk_baselines.garch_variance(returns, ticker, params, 1)[:, 0], garch_step),
+        (risk_baselines.ewma_variance(returns, ticker, var0), ewma_step),
+    ]:
+        reference = reference_one_step_variance(returns, ticker, var0, step)
+        np.testing.assert_array_equal(np.isnan(ours), np.isnan(reference))
+        np.testing.assert_allclose(ours, reference, rtol=1e-12, atol=0)
+        assert np.isnan(ours[ticker == "NEW"]).all() and np.isnan(ours[ticker == "CCC"]).all()
+        assert (ours[ticker == "ALLNAN"] == 2e-4).all()
+        assert np.isfinite(ours[(ticker == "AAA") | (ticker == "BBB")]).all()

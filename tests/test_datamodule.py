@@ -5,7 +5,6 @@ import pandas as pd
 import pytest
 import torch
 
-from forecasting import risk_baselines
 from forecasting.data import features as F
 from forecasting.data.datamodule import PriceDataModule
 from forecasting.data.io import read_prices
@@ -169,5 +168,5 @@ def test_batches_are_pinned_for_a_gpu_and_training_batches_carry_no_baselines(pr
     assert dm.loader("train").pin_memory and dm.loader("val").pin_memory
     train, val = dm.dataset("train"), dm.dataset("val")
     assert train.__getitems__([0, 1])["baselines"] == {}  # scored on val/test only: not copied every step
-    garch = {"garch"} if risk_baselines.available() else set()  # GARCH joins log-variance targets' table
-    assert set(val.__getitems__([0, 1])["baselines"]) == {"naive", "mean", "har"} | garch
+    # GARCH joins log-variance targets' table
+    assert set(val.__getitems__([0, 1])["baselines"]) == {"naive", "mean", "har", "garch"}

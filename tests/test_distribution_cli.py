@@ -6,7 +6,6 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from forecasting import risk_baselines
 from forecasting.callbacks.forecast_plot import ForecastPlot
 from forecasting.cli import main
 
@@ -34,8 +33,7 @@ def test_distribution_head_fit_test_predict(cli_args, tmp_path, capsys, head):
         assert 0 <= m[f"test/{name}"] <= 1
     assert 0 <= m["test/kupiec_p_05"] <= 1 and m["test/kupiec_lr_05"] >= 0 and m["test/crps"] > 0
     assert m["test/baseline_crps_empirical"] > 0 and m["test/baseline_crps_ewma"] > 0
-    if risk_baselines.available():
-        assert m["test/baseline_nll_garch"] < 0  # a density of ~1% daily returns: log-density well above 0
+    assert m["test/baseline_nll_garch"] < 0  # a density of ~1% daily returns: log-density well above 0
     assert ("test/nll" in m) == (head == "student_t")  # the quantile head has no density
 
     out = tmp_path / "forecasts.csv"
@@ -59,7 +57,6 @@ def test_distribution_head_fit_test_predict(cli_args, tmp_path, capsys, head):
     assert exit_.value.code == 2 and len(err) == 1 and f"model.head='{head}'" in err[0], err
 
 
-@pytest.mark.skipif(not risk_baselines.available(), reason="needs the arch package")
 def test_garch_joins_the_log_variance_skill_table(cli_args, tmp_path):
     cli = main(cli_args("fit", "configs/volatility.yaml", "--trainer.limit_val_batches", "1.0"))
     m = cli.trainer.callback_metrics
