@@ -58,23 +58,23 @@ def fit(returns, ticker, train_rows, targets, in_train, target_kind: str) -> dic
     if returns is None or target_kind not in ("return", "log_variance"):
         return None
     params: dict = {"var0": {}, "garch": None, "empirical": None, "log_var_gap": None}
-    tickers = list(dict.fromkeys(ticker.tolist()))
-    for t in tickers:
-        r = returns[(ticker == t) & train_rows]
-        r = r[np.isfinite(r)]
-        params["var0"][str(t)] = float(r.var()) if len(r) > 1 else float("nan")
+    names, spans = runs(ticker)
+    train_returns = {}  # each ticker's finite training returns (one slice of its rows each)
+    for t, (a, b) in zip(names, spans, strict=True):
+        r = returns[a:b][train_rows[a:b]]
+        r = train_returns[t] = r[np.isfinite(r)]
+        params["var0"][t] = float(r.var()) if len(r) > 1 else float("nan")
     if target_kind == "return":
         params["empirical"] = np.quantile(targets[in_train], EMPIRICAL_LEVELS, axis=0).T.tolist()  # (H, 100)
     if not available():
         rank_zero_info('GARCH baseline skipped: the `arch` package is not installed (pip install -e ".[finance]")')
         return params
     garch = {}
-    for t in tickers:
-        r = returns[(ticker == t) & train_rows]
-        if np.isfinite(r).sum() >= MIN_GARCH_RETURNS:
-            garch[str(t)] = fit_garch(r)
-    if len(garch) < len(tickers):
-        short = sorted(set(map(str, tickers)) - set(garch))
+    for t, r in train_returns.items():
+        if len(r) >= MIN_GARCH_RETURNS:
+            garch[t] = fit_garch(r)
+    if len(garch) < len(train_returns):
+        short = sorted(set(train_returns) - set(garch))
         rank_zero_info(f"GARCH baseline skipped: tickers {short} have < {MIN_GARCH_RETURNS} training returns")
         return params
     params["garch"] = garch
@@ -85,34 +85,81 @@ def fit(returns, ticker, train_rows, targets, in_train, target_kind: str) -> dic
     return params
 
 
-def one_step_variance(returns, ticker, var0: dict, step) -> np.ndarray:
-    """(rows,): the variance forecast for the day after each row, `step(s2, r)` applied to each
-    ticker's returns in order from its training variance (a NaN return leaves s2 unchanged)."""
-    out = np.full(len(returns), np.nan)
-    for t, index in pd.Series(np.arange(len(returns))).groupby(ticker, sort=False):
-        s2 = var0.get(str(t), float("nan"))
-        for i in index.to_numpy():
-            r = returns[i]
-            if math.isfinite(r):
-                s2 = step(str(t), s2, r)
-            out[i] = s2
+def runs(ticker) -> tuple[list[str], list[tuple[int, int]]]:
+    """Each ticker's name and (first, end) row, in row order: the rows of a ticker are contiguous
+    (the data module sorts them by ticker). `ticker`: a NumPy array, a Series or a Categorical."""
+    if isinstance(ticker, pd.Series):
+        ticker = ticker.array
+    if isinstance(ticker, pd.Categorical):
+        codes, labels = ticker.codes, np.asarray(ticker.categories).astype(str)
+    else:
+        codes, uniques = pd.factorize(np.asarray(ticker), sort=False)
+        labels = np.asarray(uniques).astype(str)
+    n = len(codes)
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if n else np.empty(0, np.int64)
+    if len(np.unique(codes[starts])) != len(starts):
+        raise ValueError("risk baselines: each ticker's rows must be contiguous (sorted by ticker)")
+    ends = np.r_[starts[1:], n]
+    return [str(labels[c]) for c in codes[starts]], list(zip(starts.tolist(), ends.tolist(), strict=True))
+
+
+def recursion(returns: np.ndarray, s0: float, decay: float, gain: float, level: float, mu: float = 0.0):
+    """(len(returns),): s2 after each row of s2 <- level + gain (r - mu)^2 + decay s2, from s0; a
+    NaN return leaves s2 unchanged (rows before the first finite return keep s0). One linear
+    filter (scipy.signal.lfilter) over the finite returns, then carried forward over the NaN rows."""
+    from scipy.signal import lfilter
+
+    finite = np.isfinite(returns)
+    out = np.full(len(returns), s0, dtype=np.float64)
+    if not finite.any():
+        return out
+    if not math.isfinite(s0):  # NaN from then on, as a step from NaN gives
+        out[np.argmax(finite) :] = np.nan
+        return out
+    r = returns[finite]
+    drive = level + gain * (r - mu) ** 2
+    s2 = lfilter([1.0], [1.0, -decay], drive, zi=[decay * s0])[0]
+    done = np.cumsum(finite)  # finite returns seen up to and including each row
+    out[done > 0] = s2[done[done > 0] - 1]
     return out
+
+
+def one_step_variance(returns, ticker, var0: dict, coefficients) -> np.ndarray:
+    """(rows,): the variance forecast for the day after each row: s2 <- level + gain (r - mu)^2 +
+    decay s2 applied to each ticker's returns in order from its training variance (a NaN return
+    leaves s2 unchanged). `coefficients(ticker)`: (decay, gain, level, mu), or None: NaN for it."""
+    out = np.full(len(returns), np.nan)
+    for t, (a, b) in zip(*runs(ticker), strict=True):
+        r, s0, c = np.asarray(returns[a:b], dtype=np.float64), var0.get(t, float("nan")), coefficients(t)
+        if c is None:  # no coefficients: s0 until its first finite return, NaN from there on
+            out[a:b] = s0
+            out[a:b][np.cumsum(np.isfinite(r)) > 0] = np.nan
+        else:
+            out[a:b] = recursion(r, s0, *c)
+    return out
+
+
+def per_row(ticker, values: dict, default: float) -> np.ndarray:
+    """(rows,): values[ticker of the row] (default for tickers not in `values`)."""
+    names, spans = runs(ticker)
+    lengths = [b - a for a, b in spans]
+    return np.repeat(np.array([values.get(t, default) for t in names], dtype=np.float64), lengths)
 
 
 def garch_variance(returns, ticker, params: dict, horizon: int) -> np.ndarray:
     """(rows, horizon): GARCH variance forecasts for 1..horizon days after each row."""
     garch = params["garch"]
 
-    def step(t, s2, r):
+    def coefficients(t):
         if t not in garch:  # a ticker unseen in training (predict on another file)
-            return float("nan")
+            return None
         mu, omega, alpha, beta = garch[t]
-        return omega + alpha * (r - mu) ** 2 + beta * s2
+        return beta, alpha, omega, mu
 
-    first = one_step_variance(returns, ticker, params["var0"], step)
+    first = one_step_variance(returns, ticker, params["var0"], coefficients)
     out = np.empty((len(returns), horizon))
-    persistence = np.array([sum(garch.get(str(t), [0, 0, 0, 0])[2:]) for t in ticker])
-    omega = np.array([garch.get(str(t), [0, 0, 0, 0])[1] for t in ticker])
+    persistence = per_row(ticker, {t: p[2] + p[3] for t, p in garch.items()}, 0.0)
+    omega = per_row(ticker, {t: p[1] for t, p in garch.items()}, 0.0)
     long_run = np.where(persistence < 1, omega / np.maximum(1 - persistence, 1e-12), first)
     for h in range(horizon):  # v[t+h] = v_bar + (alpha + beta)^(h-1) (v[t+1] - v_bar)
         out[:, h] = long_run + persistence**h * (first - long_run)
@@ -130,13 +177,13 @@ def forecast_rows(returns, ticker, params: dict | None, horizon: int, target_kin
     if target_kind == "return":
         risk["empirical"] = np.broadcast_to(np.asarray(params["empirical"]), (rows, horizon, len(EMPIRICAL_LEVELS)))
 
-        def ewma(t, s2, r):
-            return EWMA_LAMBDA * s2 + (1 - EWMA_LAMBDA) * r * r
+        def ewma(t):
+            return EWMA_LAMBDA, 1 - EWMA_LAMBDA, 0.0, 0.0
 
         scale = np.sqrt(one_step_variance(returns, ticker, params["var0"], ewma))
         risk["ewma"] = np.stack([np.zeros((rows, horizon)), np.repeat(scale[:, None], horizon, 1)], -1)
         if params["garch"] is not None:
-            mu = np.array([params["garch"].get(str(t), [np.nan])[0] for t in ticker])
+            mu = per_row(ticker, {t: p[0] for t, p in params["garch"].items()}, np.nan)
             var = garch_variance(returns, ticker, params, horizon)
             risk["garch"] = np.stack([np.repeat(mu[:, None], horizon, 1), np.sqrt(var)], -1)
     elif params["garch"] is not None and params["log_var_gap"] is not None:

@@ -503,7 +503,7 @@ class PriceDataModule(ForecastData):
         # GARCH, EWMA, empirical quantiles: from training rows' returns and training targets only.
         # Not with shard_by_rank: quantiles of every rank's training targets do not combine exactly.
         if gather is None:
-            tickers = frame["ticker"].to_numpy()
+            tickers = frame["ticker"].array
             stats["risk"] = risk_baselines.fit(self.returns(frame), tickers, train, targets, in_train, self.target_kind)
         else:
             rank_zero_info("risk baselines (GARCH, EWMA, empirical) are skipped with data.shard_by_rank")
@@ -583,7 +583,7 @@ class PriceDataModule(ForecastData):
             for name, b in base.items()
         }  # a broadcast row (the training mean) stays one row
         point, risk = risk_baselines.forecast_rows(
-            self.returns(frame), frame["ticker"].to_numpy(), self.stats.get("risk"), self.horizon, self.target_kind
+            self.returns(frame), frame["ticker"].array, self.stats.get("risk"), self.horizon, self.target_kind
         )
 
         def f32(a):
