@@ -146,23 +146,24 @@ def per_row(ticker, values: dict, default: float) -> np.ndarray:
     return np.repeat(np.array([values.get(t, default) for t in names], dtype=np.float64), lengths)
 
 
-def garch_variance(returns, ticker, params: dict, horizon: int) -> np.ndarray:
-    """(rows, horizon): GARCH variance forecasts for 1..horizon days after each row."""
-    garch = params["garch"]
-
-    def coefficients(t):
-        if t not in garch:  # a ticker unseen in training (predict on another file)
-            return None
-        mu, omega, alpha, beta = garch[t]
-        return beta, alpha, omega, mu
-
-    first = one_step_variance(returns, ticker, params["var0"], coefficients)
-    out = np.empty((len(returns), horizon))
-    persistence = per_row(ticker, {t: p[2] + p[3] for t, p in garch.items()}, 0.0)
-    omega = per_row(ticker, {t: p[1] for t, p in garch.items()}, 0.0)
-    long_run = np.where(persistence < 1, omega / np.maximum(1 - persistence, 1e-12), first)
-    for h in range(horizon):  # v[t+h] = v_bar + (alpha + beta)^(h-1) (v[t+1] - v_bar)
-        out[:, h] = long_run + persistence**h * (first - long_run)
+def garch_variance(returns, ticker, params: dict, horizon: int, dtype=np.float64) -> np.ndarray:
+    """(rows, horizon): GARCH variance forecasts for 1..horizon days after each row, built one
+    ticker at a time (no temporaries the size of the file)."""
+    garch, var0 = params["garch"], params["var0"]
+    out = np.empty((len(returns), horizon), dtype=dtype)
+    for t, (a, b) in zip(*runs(ticker), strict=True):
+        r, s0 = np.asarray(returns[a:b], dtype=np.float64), var0.get(t, float("nan"))
+        if t not in garch:  # a ticker unseen in training (predict on another file): s0 until its first return
+            first = np.full(b - a, s0)
+            first[np.cumsum(np.isfinite(r)) > 0] = np.nan
+            persistence, omega = 0.0, 0.0
+        else:
+            mu, omega, alpha, beta = garch[t]
+            first = recursion(r, s0, beta, alpha, omega, mu)
+            persistence = alpha + beta
+        long_run = omega / max(1 - persistence, 1e-12) if persistence < 1 else first
+        for h in range(horizon):  # v[t+h] = v_bar + (alpha + beta)^(h-1) (v[t+1] - v_bar)
+            out[a:b, h] = long_run + persistence**h * (first - long_run)
     return out
 
 
@@ -187,5 +188,7 @@ def forecast_rows(returns, ticker, params: dict | None, horizon: int, target_kin
             var = garch_variance(returns, ticker, params, horizon)
             risk["garch"] = np.stack([np.repeat(mu[:, None], horizon, 1), np.sqrt(var)], -1)
     elif params["garch"] is not None and params["log_var_gap"] is not None:
-        point["garch"] = np.log(garch_variance(returns, ticker, params, horizon)) + np.asarray(params["log_var_gap"])
+        log_var = point["garch"] = garch_variance(returns, ticker, params, horizon)
+        np.log(log_var, out=log_var)
+        log_var += np.asarray(params["log_var_gap"])
     return point, risk

@@ -53,6 +53,7 @@ def future(values: np.ndarray, series: np.ndarray, horizon: int) -> np.ndarray:
 
 
 STAGES = ("train", "val", "test")
+TIME_CHUNK = 1 << 20  # rows at a time when target times are computed
 
 
 def ticker_runs(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -532,9 +533,14 @@ class PriceDataModule(ForecastData):
 
     @staticmethod
     def series_ids(frame: pd.DataFrame) -> np.ndarray:
-        """0, 1, 2, ... per ticker in row order (rows are sorted by ticker), int64."""
-        codes = frame["ticker"].cat.codes.to_numpy()
-        return np.r_[0, np.cumsum(codes[1:] != codes[:-1])].astype(np.int64)
+        """0, 1, 2, ... per ticker in row order (rows are sorted by ticker), int32."""
+        ticker = frame["ticker"]
+        codes = ticker.cat.codes.to_numpy() if isinstance(ticker.dtype, pd.CategoricalDtype) else pd.factorize(ticker)[0]
+        ids = np.empty(len(codes), dtype=np.int32)
+        if len(codes):
+            ids[0] = 0
+            np.cumsum(codes[1:] != codes[:-1], out=ids[1:])
+        return ids
 
     # ---------------------------------------------------------------- tensors
     def tensors(self, frame: pd.DataFrame):
@@ -595,14 +601,21 @@ class PriceDataModule(ForecastData):
 
     def target_times(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Date of the first and last target day of the sample ending on each row (NaT if none)."""
-        series = self.series_ids(frame)
-        times = frame["time"].to_numpy()
-        first = np.full(len(frame), np.datetime64("NaT"), dtype=times.dtype)
+        return self.end_times(frame)
+
+    def end_times(self, frame: pd.DataFrame, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """target_times() only at `rows` (row indices) if given, in chunks: no temporary of the file's size."""
+        series, times, h = self.series_ids(frame), frame["time"].to_numpy(), self.horizon
+        n = len(frame) if rows is None else len(rows)
+        first = np.full(n, np.datetime64("NaT"), dtype=times.dtype)
         last = first.copy()
-        h = self.horizon
-        first[:-1] = np.where(series[1:] == series[:-1], times[1:], first[:-1])
-        if len(frame) > h:
-            last[:-h] = np.where(series[h:] == series[:-h], times[h:], last[:-h])
+        for a in range(0, n, TIME_CHUNK):
+            at = np.arange(a, min(a + TIME_CHUNK, n)) if rows is None else np.asarray(rows[a : a + TIME_CHUNK])
+            for out, step in ((first, 1), (last, h)):
+                inside = at + step < len(times)
+                ahead = np.minimum(at + step, len(times) - 1)
+                same = inside & (series[ahead] == series[at])
+                out[a : a + len(at)] = np.where(same, times[ahead], np.datetime64("NaT"))
         return first, last
 
     def dataset(self, stage: str) -> WindowDataset:
@@ -612,24 +625,27 @@ class PriceDataModule(ForecastData):
         if which not in self.frames:
             self.setup(stage)
         frame = self.frames[which]
-        if which not in self._tensors:  # train, val and test share one copy of the rows and target days
+        if which not in self._tensors:  # train, val and test share one copy of the rows
             x, y, t_loc, t_scale, series, base, risk = self.tensors(frame)
             ends = valid_ends(series, torch.isnan(x).any(1), self.window)
-            self._tensors[which] = (x, y, t_loc, t_scale, base, risk, ends, self.target_times(frame), series)
-        x, y, t_loc, t_scale, base, risk, ends, (first, last), series = self._tensors[which]
+            self._tensors[which] = (x, y, t_loc, t_scale, base, risk, ends, series)
+        x, y, t_loc, t_scale, base, risk, ends, series = self._tensors[which]
         keep = None
         if stage != "predict":
             val, test = (np.datetime64(pd.Timestamp(d)) for d in (self.stats["val_start"], self.stats["test_start"]))
             start, end = (None if d is None else np.datetime64(d) for d in (self.train_start, self.test_end))
             lo, hi = {"train": (start, val), "val": (val, test), "test": (test, end)}[stage]
-            keep = ~np.isnat(last) & ~np.isnan(y.numpy()).any(1)
-            if lo is not None:
-                keep &= first >= lo
-            if hi is not None:
-                keep &= last < hi
-            ends = ends[torch.from_numpy(keep[ends.numpy()])]
+            if self.mode == "stream":  # stream mode also needs every row's (training rows' first days)
+                first, last = self.target_times(frame)
+                keep = self.split_rows(first, last, y, lo, hi)
+                ends = ends[torch.from_numpy(keep[ends.numpy()])]
+            else:  # only at the window ends: no mask or times of the file's size
+                first, last = self.end_times(frame, ends.numpy())
+                chosen = self.split_rows(first, last, y[ends], lo, hi)
+                ends, first, last = ends[torch.from_numpy(chosen)], first[chosen], last[chosen]
             if len(ends):
-                days = (pd.Timestamp(first[ends.numpy()].min()), pd.Timestamp(last[ends.numpy()].max()))
+                at = slice(None) if self.mode != "stream" else ends.numpy()
+                days = (pd.Timestamp(first[at].min()), pd.Timestamp(last[at].max()))
                 self.stats.setdefault("ranges", {})[f"{stage}_targets"] = [d.isoformat() for d in days]
             if len(ends) == 0:
                 raise ForecastingError(
@@ -640,13 +656,25 @@ class PriceDataModule(ForecastData):
         risk = None if stage == "train" else risk
         if self.mode == "stream":
             data = (x, y, t_loc, t_scale, series, ends, base, risk)
-            self._datasets[stage] = self.stream_dataset(stage, *data, keep, first, last)
+            times = (first, last) if stage != "predict" else (None, None)
+            self._datasets[stage] = self.stream_dataset(stage, *data, keep, *times)
             return self._datasets[stage]
         dense = self.dense_targets and stage == "train"
         self._datasets[stage] = WindowDataset(
             x, y, t_loc, t_scale, ends, self.window, dense=dense, baselines=base, risk_baselines=risk
         )
         return self._datasets[stage]
+
+    @staticmethod
+    def split_rows(first, last, y: torch.Tensor, lo, hi) -> np.ndarray:
+        """Which rows (of `first`, `last`, `y`) hold a sample of the split [lo, hi): targets known,
+        all their days inside."""
+        keep = ~np.isnat(last) & ~np.isnan(y.numpy()).any(1)
+        if lo is not None:
+            keep &= first >= lo
+        if hi is not None:
+            keep &= last < hi
+        return keep
 
     def stream_dataset(self, stage, x, y, t_loc, t_scale, series, ends, base, risk, keep, first, last):
         """Stream mode (stream.py): training rows laid out as lanes; val/test/predict as whole series
