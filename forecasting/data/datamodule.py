@@ -53,7 +53,8 @@ def future(values: np.ndarray, series: np.ndarray, horizon: int) -> np.ndarray:
 
 
 STAGES = ("train", "val", "test")
-TIME_CHUNK = 1 << 20  # rows at a time when target times are computed
+TIME_CHUNK = 1 << 20
+BLOCK_ROWS = 1 << 20  # rows (whole tickers) per block of the built-in transforms  # rows at a time when target times are computed
 
 
 def ticker_runs(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -256,16 +257,39 @@ class PriceDataModule(ForecastData):
         # is freed as soon as no transform left needs it.
         later = {c: max((i for i, n in enumerate(names) if c in F.required_columns([n])), default=0) for c in raw}
         columns, problems = {}, []
+        # Blocks of whole tickers of about BLOCK_ROWS rows, for the built-in transforms.
+        cuts = np.unique(np.searchsorted(np.cumsum(lengths), np.arange(1, len(frame) // BLOCK_ROWS + 1) * BLOCK_ROWS))
+        cuts = [0, *[int(c) + 1 for c in cuts if c + 1 < len(starts)], len(starts)]
+        blocks = list(zip(cuts[:-1], cuts[1:], strict=True))
         for k, name in enumerate(names):
             column = columns[name] = np.empty(len(frame), np.float64 if name == self.target else np.float32)
             warm = F.warmup(name)
-            for t, (start, length) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
-                rows = pd.DataFrame({c: v[start : start + length] for c, v in raw.items()}, copy=False)
-                values = F.compute(rows, name)
-                bad = ~np.isfinite(values[warm:])
-                if bad.any():
-                    problems.append((t, k, start, warm + int(np.flatnonzero(bad)[0]), values[: warm + 1]))
-                column[start : start + length] = values
+            if F.rowwise(name):  # built-in: over blocks of whole tickers, then each one's warm-up rows NaN
+                needed = F.required_columns([name])
+                for first, last in blocks:
+                    a, b = int(starts[first]), int(starts[last - 1] + lengths[last - 1])
+                    values = F.compute(pd.DataFrame({c: raw[c][a:b] for c in needed}, copy=False), name)
+                    head = (starts[first:last, None] - a + np.arange(warm)).ravel()
+                    if warm:
+                        values = values if values.flags.writeable else values.copy()
+                        values[head] = np.nan
+                    bad = ~np.isfinite(values)
+                    bad[head] = False
+                    if bad.any():
+                        i = int(np.flatnonzero(bad)[0])
+                        t = first + int(np.searchsorted(starts[first:last] - a, i, side="right")) - 1
+                        start = int(starts[t]) - a
+                        problems.append((t, k, a + start, i - start, values[start : start + warm + 1]))
+                    column[a:b] = values
+                    del values, bad
+            else:  # your own transforms: one ticker's frame at a time
+                for t, (start, length) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
+                    rows = pd.DataFrame({c: v[start : start + length] for c, v in raw.items()}, copy=False)
+                    values = F.compute(rows, name)
+                    bad = ~np.isfinite(values[warm:])
+                    if bad.any():
+                        problems.append((t, k, start, warm + int(np.flatnonzero(bad)[0]), values[: warm + 1]))
+                    column[start : start + length] = values
             for c in [c for c, last in later.items() if last == k and c not in ("time", "line")]:
                 del raw[c], later[c]
         if problems:  # the first ticker's first transform, as a row-by-row pass would find it
