@@ -27,7 +27,8 @@ from lightning.pytorch.utilities import rank_zero_info
 EWMA_LAMBDA = 0.94  # RiskMetrics' daily decay
 EMPIRICAL_LEVELS = tuple(float(v) for v in (np.arange(100) + 0.5) / 100)
 FAMILIES = {"empirical": ("quantiles", EMPIRICAL_LEVELS), "ewma": ("gaussian", None), "garch": ("gaussian", None)}
-MIN_GARCH_RETURNS = 100  # fewer training returns than this: no GARCH fit for the ticker
+MIN_GARCH_RETURNS = 100
+GAP_ROWS = 1 << 20  # rows at a time  # fewer training returns than this: no GARCH fit for the ticker
 
 
 def available() -> bool:
@@ -61,7 +62,7 @@ def fit(returns, ticker, train_rows, targets, in_train, target_kind: str) -> dic
     names, spans = runs(ticker)
     train_returns = {}  # each ticker's finite training returns (one slice of its rows each)
     for t, (a, b) in zip(names, spans, strict=True):
-        r = returns[a:b][train_rows[a:b]]
+        r = np.asarray(returns[a:b], dtype=np.float64)[train_rows[a:b]]
         r = train_returns[t] = r[np.isfinite(r)]
         params["var0"][t] = float(r.var()) if len(r) > 1 else float("nan")
     if target_kind == "return":
@@ -79,9 +80,14 @@ def fit(returns, ticker, train_rows, targets, in_train, target_kind: str) -> dic
         return params
     params["garch"] = garch
     if target_kind == "log_variance":
-        log_var = np.log(garch_variance(returns, ticker, params, targets.shape[1]))
-        gap = targets[in_train] - log_var[in_train]
-        params["log_var_gap"] = [float(v) for v in np.nanmean(gap, axis=0)]
+        log_var = garch_variance(returns, ticker, params, targets.shape[1], shift=0.0)
+        total, count = np.zeros(targets.shape[1]), np.zeros(targets.shape[1])
+        for a in range(0, len(targets), GAP_ROWS):  # the mean gap over training samples, a block at a time
+            gap = targets[a : a + GAP_ROWS][in_train[a : a + GAP_ROWS]] - log_var[a : a + GAP_ROWS][in_train[a : a + GAP_ROWS]]
+            total += np.nansum(gap, axis=0)
+            count += np.sum(~np.isnan(gap), axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            params["log_var_gap"] = [float(v) for v in total / count]
     return params
 
 
@@ -146,9 +152,10 @@ def per_row(ticker, values: dict, default: float) -> np.ndarray:
     return np.repeat(np.array([values.get(t, default) for t in names], dtype=np.float64), lengths)
 
 
-def garch_variance(returns, ticker, params: dict, horizon: int, dtype=np.float64) -> np.ndarray:
+def garch_variance(returns, ticker, params: dict, horizon: int, dtype=np.float64, shift=None) -> np.ndarray:
     """(rows, horizon): GARCH variance forecasts for 1..horizon days after each row, built one
-    ticker at a time (no temporaries the size of the file)."""
+    ticker at a time (no temporaries the size of the file); with `shift`, log(variance) + shift
+    (taken in float64 before storing as `dtype`)."""
     garch, var0 = params["garch"], params["var0"]
     out = np.empty((len(returns), horizon), dtype=dtype)
     for t, (a, b) in zip(*runs(ticker), strict=True):
@@ -163,11 +170,12 @@ def garch_variance(returns, ticker, params: dict, horizon: int, dtype=np.float64
             persistence = alpha + beta
         long_run = omega / max(1 - persistence, 1e-12) if persistence < 1 else first
         for h in range(horizon):  # v[t+h] = v_bar + (alpha + beta)^(h-1) (v[t+1] - v_bar)
-            out[a:b, h] = long_run + persistence**h * (first - long_run)
+            v = long_run + persistence**h * (first - long_run)
+            out[a:b, h] = v if shift is None else np.log(v) + np.broadcast_to(shift, (horizon,))[h]
     return out
 
 
-def forecast_rows(returns, ticker, params: dict | None, horizon: int, target_kind: str):
+def forecast_rows(returns, ticker, params: dict | None, horizon: int, target_kind: str, dtype=np.float64):
     """(point, risk): point baselines name -> (rows, H) for the skill table (GARCH for log-variance
     targets); distribution baselines name -> (rows, H, n_params) in original units (return targets)."""
     point: dict[str, np.ndarray] = {}
@@ -188,7 +196,6 @@ def forecast_rows(returns, ticker, params: dict | None, horizon: int, target_kin
             var = garch_variance(returns, ticker, params, horizon)
             risk["garch"] = np.stack([np.repeat(mu[:, None], horizon, 1), np.sqrt(var)], -1)
     elif params["garch"] is not None and params["log_var_gap"] is not None:
-        log_var = point["garch"] = garch_variance(returns, ticker, params, horizon)
-        np.log(log_var, out=log_var)
-        log_var += np.asarray(params["log_var_gap"])
+        gap = np.asarray(params["log_var_gap"])
+        point["garch"] = garch_variance(returns, ticker, params, horizon, dtype, shift=gap)
     return point, risk

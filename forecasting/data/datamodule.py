@@ -53,6 +53,18 @@ def future(values: np.ndarray, series: np.ndarray, horizon: int) -> np.ndarray:
 
 
 STAGES = ("train", "val", "test")
+
+
+def window_ends(series: torch.Tensor, x: torch.Tensor, window: int) -> torch.Tensor:
+    """valid_ends() over blocks of whole series of about TIME_CHUNK rows (windows never cross a
+    series): the same ends, without temporaries of the file's size."""
+    ids, parts, a = series.numpy(), [], 0
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(1, np.int64)
+    cuts = starts[np.searchsorted(starts, np.arange(TIME_CHUNK, len(ids), TIME_CHUNK), side="right") - 1]
+    for b in [*np.unique(cuts[cuts > 0]).tolist(), len(ids)]:
+        parts.append(valid_ends(series[a:b], torch.isnan(x[a:b]).any(1), window) + a)
+        a = b
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
 TIME_CHUNK = 1 << 20
 BLOCK_ROWS = 1 << 20  # rows (whole tickers) per block of the built-in transforms  # rows at a time when target times are computed
 
@@ -553,7 +565,7 @@ class PriceDataModule(ForecastData):
         are read), or None without close prices."""
         if "f:log_return" not in frame:
             return None
-        return frame["f:log_return"].to_numpy().astype(np.float64, copy=False)
+        return frame["f:log_return"].to_numpy()  # float32 as a feature: each ticker's taken as float64
 
     @staticmethod
     def series_ids(frame: pd.DataFrame) -> np.ndarray:
@@ -602,18 +614,22 @@ class PriceDataModule(ForecastData):
         raw = frame[f"f:{self.target}"].to_numpy()
         loc, scl = (t_center[0], t_scale[0]) if group is None else (t_center[group], t_scale[group])
         y = np.full((n, self.horizon), np.nan, dtype=np.float32)
-        for h in range(1, self.horizon + 1):  # future(), one horizon at a time
-            same = series[h:] == series[:-h]
+        for h in range(1, self.horizon + 1):  # future(), one horizon at a time, in place
             at = slice(None) if group is None else slice(None, -h)  # the row's own ticker's scaling
             loc_h, scl_h = (loc, scl) if group is None else (loc[at], scl[at])
-            y[:-h, h - 1] = np.where(same, (raw[h:] - loc_h) / scl_h, np.nan)
+            scaled = np.subtract(raw[h:], loc_h)
+            scaled /= scl_h
+            scaled[series[h:] != series[:-h]] = np.nan
+            y[:-h, h - 1] = scaled
+            del scaled
         base = baselines.forecast_rows(raw, series, self.stats["baselines"], self.horizon, np.float32)
         base = {
             name: torch.from_numpy(b[:1].copy()).expand(n, -1) if b.strides[0] == 0 else torch.from_numpy(b)
             for name, b in base.items()
         }  # a broadcast row (the training mean) stays one row
         point, risk = risk_baselines.forecast_rows(
-            self.returns(frame), frame["ticker"].array, self.stats.get("risk"), self.horizon, self.target_kind
+            self.returns(frame), frame["ticker"].array, self.stats.get("risk"), self.horizon, self.target_kind,
+            np.float32,
         )
 
         def f32(a):
@@ -651,7 +667,7 @@ class PriceDataModule(ForecastData):
         frame = self.frames[which]
         if which not in self._tensors:  # train, val and test share one copy of the rows
             x, y, t_loc, t_scale, series, base, risk = self.tensors(frame)
-            ends = valid_ends(series, torch.isnan(x).any(1), self.window)
+            ends = window_ends(series, x, self.window)
             self._tensors[which] = (x, y, t_loc, t_scale, base, risk, ends, series)
         x, y, t_loc, t_scale, base, risk, ends, series = self._tensors[which]
         keep = None
