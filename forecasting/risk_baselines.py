@@ -60,23 +60,24 @@ def fit(returns, ticker, train_rows, targets, in_train, target_kind: str) -> dic
         return None
     params: dict = {"var0": {}, "garch": None, "empirical": None, "log_var_gap": None}
     names, spans = runs(ticker)
-    train_returns = {}  # each ticker's finite training returns (one slice of its rows each)
-    for t, (a, b) in zip(names, spans, strict=True):
-        r = np.asarray(returns[a:b], dtype=np.float64)[train_rows[a:b]]
-        r = train_returns[t] = r[np.isfinite(r)]
-        params["var0"][t] = float(r.var()) if len(r) > 1 else float("nan")
     if target_kind == "return":
         params["empirical"] = np.quantile(targets[in_train], EMPIRICAL_LEVELS, axis=0).T.tolist()  # (H, 100)
-    if not available():
+    fitting = available()
+    if not fitting:
         rank_zero_info('GARCH baseline skipped: the `arch` package is not installed (pip install -e ".[finance]")')
-        return params
-    garch = {}
-    for t, r in train_returns.items():
-        if len(r) >= MIN_GARCH_RETURNS:
+    garch, short = {}, []
+    for t, (a, b) in zip(names, spans, strict=True):  # each ticker's finite training returns, one at a time
+        r = np.asarray(returns[a:b], dtype=np.float64)[train_rows[a:b]]
+        r = r[np.isfinite(r)]
+        params["var0"][t] = float(r.var()) if len(r) > 1 else float("nan")
+        if fitting and len(r) >= MIN_GARCH_RETURNS:
             garch[t] = fit_garch(r)
-    if len(garch) < len(train_returns):
-        short = sorted(set(train_returns) - set(garch))
-        rank_zero_info(f"GARCH baseline skipped: tickers {short} have < {MIN_GARCH_RETURNS} training returns")
+        elif fitting:
+            short.append(t)
+    if not fitting:
+        return params
+    if short:
+        rank_zero_info(f"GARCH baseline skipped: tickers {sorted(short)} have < {MIN_GARCH_RETURNS} training returns")
         return params
     params["garch"] = garch
     if target_kind == "log_variance":

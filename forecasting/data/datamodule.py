@@ -55,6 +55,12 @@ def future(values: np.ndarray, series: np.ndarray, horizon: int) -> np.ndarray:
 STAGES = ("train", "val", "test")
 
 
+def time_span(times: np.ndarray, rows: np.ndarray):
+    """(first, last) of times[rows] (a boolean mask), a block at a time; None if no row."""
+    parts = [(t.min(), t.max()) for a in range(0, len(times), TIME_CHUNK) if len(t := times[a : a + TIME_CHUNK][rows[a : a + TIME_CHUNK]])]
+    return (min(p[0] for p in parts), max(p[1] for p in parts)) if parts else None
+
+
 def window_ends(series: torch.Tensor, x: torch.Tensor, window: int) -> torch.Tensor:
     """valid_ends() over blocks of whole series of about TIME_CHUNK rows (windows never cross a
     series): the same ends, without temporaries of the file's size."""
@@ -546,8 +552,8 @@ class PriceDataModule(ForecastData):
             rank_zero_info("risk baselines (GARCH, EWMA, empirical) are skipped with data.shard_by_rank")
         # Leakage audit trail: first and last time each part of the pipeline covers (ISO strings,
         # in the checkpoint and the hparams). Splits add their target times in dataset().
-        times = frame["time"].to_numpy()[train]
-        spans = [(times.min(), times.max()) if len(times) else None]
+        times = frame["time"].to_numpy()
+        spans = [time_span(times, train)]
         spans = [s for s in (gather(spans[0]) if gather else spans) if s is not None]
         if not spans:
             raise ForecastingError(f"{self.path}: no training rows to fit the scaler; move data.val_start later")
@@ -643,9 +649,11 @@ class PriceDataModule(ForecastData):
         """Date of the first and last target day of the sample ending on each row (NaT if none)."""
         return self.end_times(frame)
 
-    def end_times(self, frame: pd.DataFrame, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """target_times() only at `rows` (row indices) if given, in chunks: no temporary of the file's size."""
-        series, times, h = self.series_ids(frame), frame["time"].to_numpy(), self.horizon
+    def end_times(self, frame: pd.DataFrame, rows: np.ndarray | None = None, series: np.ndarray | None = None):
+        """target_times() only at `rows` (row indices) if given, in chunks: no temporary of the file's size.
+        `series`: series_ids(frame), if known."""
+        series = self.series_ids(frame) if series is None else series
+        times, h = frame["time"].to_numpy(), self.horizon
         n = len(frame) if rows is None else len(rows)
         first = np.full(n, np.datetime64("NaT"), dtype=times.dtype)
         last = first.copy()
@@ -679,13 +687,20 @@ class PriceDataModule(ForecastData):
                 first, last = self.target_times(frame)
                 keep = self.split_rows(first, last, y, lo, hi)
                 ends = ends[torch.from_numpy(keep[ends.numpy()])]
-            else:  # only at the window ends: no mask or times of the file's size
-                first, last = self.end_times(frame, ends.numpy())
-                chosen = self.split_rows(first, last, y[ends], lo, hi)
-                ends, first, last = ends[torch.from_numpy(chosen)], first[chosen], last[chosen]
-            if len(ends):
-                at = slice(None) if self.mode != "stream" else ends.numpy()
-                days = (pd.Timestamp(first[at].min()), pd.Timestamp(last[at].max()))
+                days = [(first[ends.numpy()].min(), last[ends.numpy()].max())] if len(ends) else []
+            else:  # only at the window ends, a block at a time: no mask or times of the file's size
+                parts, days = [], []
+                for a in range(0, len(ends), TIME_CHUNK):
+                    at = ends[a : a + TIME_CHUNK]
+                    first, last = self.end_times(frame, at.numpy(), series.numpy())
+                    chosen = self.split_rows(first, last, y[at], lo, hi)
+                    parts.append(at[torch.from_numpy(chosen)])
+                    if chosen.any():
+                        days.append((first[chosen].min(), last[chosen].max()))
+                    del first, last, chosen
+                ends = torch.cat(parts) if parts else ends[:0]
+            if days:
+                days = (pd.Timestamp(min(d[0] for d in days)), pd.Timestamp(max(d[1] for d in days)))
                 self.stats.setdefault("ranges", {})[f"{stage}_targets"] = [d.isoformat() for d in days]
             if len(ends) == 0:
                 raise ForecastingError(

@@ -70,6 +70,7 @@ def read_parquet(
             column = pc.dictionary_encode(column)
         series[name] = column.to_pandas()
         del column
+        release()  # this column's decoding buffers, before the next column's
     frame = pd.DataFrame(series, copy=False)
     release()
     return frame, list(names), positions
