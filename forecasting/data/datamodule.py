@@ -437,7 +437,11 @@ class PriceDataModule(ForecastData):
             return None
         text = (self.ticker_column,)
         names = read_table(self.path, [self.ticker_column], text, self.csv_cache_dir())[0][self.ticker_column]
-        counts = names.astype(str).str.strip().value_counts()
+        # Count per category, then per stripped name: not one string per row.
+        per_category = names.value_counts(sort=False, dropna=False)
+        labels = ["nan" if pd.isna(c) else str(c).strip() for c in per_category.index]
+        counts = pd.Series(per_category.to_numpy(), index=labels).groupby(level=0, sort=False).sum()
+        counts = counts[counts > 0]
         if self.tickers is not None:
             unknown = sorted(set(map(str, self.tickers)) - set(counts.index))
             if unknown:

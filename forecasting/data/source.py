@@ -51,15 +51,20 @@ def read_parquet(
         column, keep = tickers
         keep = pa.array(sorted({str(t).strip() for t in keep}), pa.string())
         tickers = data.to_table(columns=[column]).column(0).combine_chunks()
-        if pa.types.is_dictionary(tickers.type):
-            tickers = tickers.cast(tickers.type.value_type)
 
         def selected(values):
             return pc.is_in(pc.utf8_trim_whitespace(pc.cast(values, pa.string())), keep)
 
         # Positions in the file, for messages ("row 8"); the filter names the file's own values.
-        positions = np.flatnonzero(selected(tickers).fill_null(False).to_numpy(zero_copy_only=False))
-        distinct = pc.unique(tickers).drop_null()
+        # A dictionary-encoded column is judged once per distinct value, not once per row.
+        if pa.types.is_dictionary(tickers.type):
+            chosen = selected(tickers.dictionary).fill_null(False).to_numpy(zero_copy_only=False)
+            codes = tickers.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+            positions = np.flatnonzero(np.r_[chosen, False][codes])  # -1 (a null name): never chosen
+            distinct = pc.unique(tickers.dictionary).drop_null()
+        else:
+            positions = np.flatnonzero(selected(tickers).fill_null(False).to_numpy(zero_copy_only=False))
+            distinct = pc.unique(tickers).drop_null()
         row_filter = pc.field(column).isin(distinct.filter(selected(distinct)))
     # One column at a time: Arrow's decoding buffers for one column, not for the whole file, exist at
     # once next to the frame (Arrow's allocator keeps freed memory for reuse, so they set the peak).
