@@ -84,7 +84,8 @@ def fit(returns, ticker, train_rows, targets, in_train, target_kind: str) -> dic
         log_var = garch_variance(returns, ticker, params, targets.shape[1], shift=0.0)
         total, count = np.zeros(targets.shape[1]), np.zeros(targets.shape[1])
         for a in range(0, len(targets), GAP_ROWS):  # the mean gap over training samples, a block at a time
-            gap = targets[a : a + GAP_ROWS][in_train[a : a + GAP_ROWS]] - log_var[a : a + GAP_ROWS][in_train[a : a + GAP_ROWS]]
+            rows = slice(a, a + GAP_ROWS)
+            gap = targets[rows][in_train[rows]] - log_var[rows][in_train[rows]]
             total += np.nansum(gap, axis=0)
             count += np.sum(~np.isnan(gap), axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):

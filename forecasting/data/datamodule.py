@@ -53,11 +53,17 @@ def future(values: np.ndarray, series: np.ndarray, horizon: int) -> np.ndarray:
 
 
 STAGES = ("train", "val", "test")
+TIME_CHUNK = 1 << 20  # rows at a time: target times, window ends, split ends
+BLOCK_ROWS = 1 << 20  # rows (whole tickers) per block of the built-in transforms
 
 
 def time_span(times: np.ndarray, rows: np.ndarray):
     """(first, last) of times[rows] (a boolean mask), a block at a time; None if no row."""
-    parts = [(t.min(), t.max()) for a in range(0, len(times), TIME_CHUNK) if len(t := times[a : a + TIME_CHUNK][rows[a : a + TIME_CHUNK]])]
+    parts = []
+    for a in range(0, len(times), TIME_CHUNK):
+        chosen = times[a : a + TIME_CHUNK][rows[a : a + TIME_CHUNK]]
+        if len(chosen):
+            parts.append((chosen.min(), chosen.max()))
     return (min(p[0] for p in parts), max(p[1] for p in parts)) if parts else None
 
 
@@ -71,8 +77,6 @@ def window_ends(series: torch.Tensor, x: torch.Tensor, window: int) -> torch.Ten
         parts.append(valid_ends(series[a:b], torch.isnan(x[a:b]).any(1), window) + a)
         a = b
     return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
-TIME_CHUNK = 1 << 20
-BLOCK_ROWS = 1 << 20  # rows (whole tickers) per block of the built-in transforms  # rows at a time when target times are computed
 
 
 def ticker_runs(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -581,7 +585,8 @@ class PriceDataModule(ForecastData):
     def series_ids(frame: pd.DataFrame) -> np.ndarray:
         """0, 1, 2, ... per ticker in row order (rows are sorted by ticker), int32."""
         ticker = frame["ticker"]
-        codes = ticker.cat.codes.to_numpy() if isinstance(ticker.dtype, pd.CategoricalDtype) else pd.factorize(ticker)[0]
+        categorical = isinstance(ticker.dtype, pd.CategoricalDtype)
+        codes = ticker.cat.codes.to_numpy() if categorical else pd.factorize(ticker)[0]
         ids = np.empty(len(codes), dtype=np.int32)
         if len(codes):
             ids[0] = 0
@@ -638,8 +643,7 @@ class PriceDataModule(ForecastData):
             for name, b in base.items()
         }  # a broadcast row (the training mean) stays one row
         point, risk = risk_baselines.forecast_rows(
-            self.returns(frame), frame["ticker"].array, self.stats.get("risk"), self.horizon, self.target_kind,
-            np.float32,
+            self.returns(frame), frame["ticker"].array, self.stats.get("risk"), self.horizon, self.target_kind, np.float32
         )
 
         def f32(a):
