@@ -642,8 +642,9 @@ class PriceDataModule(ForecastData):
             name: torch.from_numpy(b[:1].copy()).expand(n, -1) if b.strides[0] == 0 else torch.from_numpy(b)
             for name, b in base.items()
         }  # a broadcast row (the training mean) stays one row
+        risk_params, tickers = self.stats.get("risk"), frame["ticker"].array
         point, risk = risk_baselines.forecast_rows(
-            self.returns(frame), frame["ticker"].array, self.stats.get("risk"), self.horizon, self.target_kind, np.float32
+            self.returns(frame), tickers, risk_params, self.horizon, self.target_kind, np.float32
         )
 
         def f32(a):
