@@ -130,6 +130,10 @@ def lean_build(path: str, window: int, cache_dir: str, queue, rank: int = 0, wor
 
     from forecasting.data.datamodule import PriceDataModule
 
+    if os.environ.get("BENCH_NO_GARCH"):  # --no-garch: the set-up without the per-ticker GARCH fits
+        from forecasting import risk_baselines
+
+        risk_baselines.MIN_GARCH_RETURNS = 1 << 62  # every ticker "too short": no fit
     if world > 1:
         dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     with contextlib.suppress(OSError):
@@ -276,7 +280,11 @@ if __name__ == "__main__":
     parser.add_argument("--csv-rows", type=int, default=0, help="Table 3: a CSV of this many rows, cold and cached")
     parser.add_argument("--ranks", type=int, default=2, help="Table 3: also build with this many gloo ranks")
     parser.add_argument("--only-big", action="store_true", help="Table 3 alone")
+    parser.add_argument("--no-garch", action="store_true",
+                        help="Table 3 without the GARCH baseline's per-ticker fits (as without the arch package)")  # fmt: skip
     args = parser.parse_args()
+    if args.no_garch:
+        os.environ["BENCH_NO_GARCH"] = "1"  # read by the spawned builds
     begin(f"numpy {np.__version__}", f"pandas {pd.__version__}", threads=args.threads)
     if args.big_rows:
         big_table(args.big_rows, args.csv_rows, args.window, args.ranks)

@@ -20,11 +20,20 @@ HAR_LAGS = (1, 5, 22)  # a day, a week, a month of trading days
 
 
 def har_regressors(series: np.ndarray, ticker: np.ndarray) -> np.ndarray:
-    """(rows, 4): a constant and the trailing 1/5/22-day means of `series` within each ticker."""
-    out = np.ones((len(series), 1 + len(HAR_LAGS)))
-    grouped = pd.Series(series).groupby(ticker, sort=False)
+    """(rows, 4): a constant and the trailing 1/5/22-day means of `series` within each ticker (rows
+    sorted by ticker; NaN until a ticker has that many rows, or where the window holds a NaN).
+    Sums over a sliding window of all rows at once, then each ticker's first lag - 1 rows NaN."""
+    n = len(series)
+    out = np.ones((n, 1 + len(HAR_LAGS)))
+    series = np.asarray(series, dtype=np.float64)
+    starts = np.flatnonzero(np.r_[True, ticker[1:] != ticker[:-1]]) if n else np.zeros(0, np.int64)
+    position = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))  # row within its ticker
     for k, lag in enumerate(HAR_LAGS, start=1):
-        out[:, k] = grouped.transform(lambda s, n=lag: s.rolling(n).mean()).to_numpy()
+        column = out[:, k]
+        column[: lag - 1] = np.nan
+        if n >= lag:
+            column[lag - 1 :] = np.lib.stride_tricks.sliding_window_view(series, lag).sum(axis=1) / lag
+        column[position < lag - 1] = np.nan
     return out
 
 

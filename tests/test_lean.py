@@ -159,3 +159,99 @@ def test_a_refused_csv_leaves_no_cache(tmp_path):
     with pytest.raises(ForecastingError, match="split has no windows"):
         dm.prepare_data()
     assert not (tmp_path / "logs").exists()
+
+
+# Blocks: the built-in transforms over blocks of whole tickers, window ends and split ends a block at a
+# time, the risk baselines' recursions as linear filters: the same rows as one ticker / one row at a time.
+def test_blocks_of_tickers_and_rows_give_the_per_ticker_results(tmp_path, monkeypatch):
+    from forecasting.data import datamodule as module
+    from forecasting.data import features as F
+
+    kwargs = dm_kwargs(synthetic(tmp_path), bad_values="missing", missing="ffill", window=16, horizon=2)
+    with pytest.warns(UserWarning, match="ZZZ"):
+        reference = PriceDataModule(**kwargs)
+        monkeypatch.setattr(F, "rowwise", lambda name: False)  # every transform one ticker's frame at a time
+        reference.setup("fit")
+    monkeypatch.undo()
+    for block in (7, 100, 1 << 20):  # rows per block: smaller than a ticker, a few tickers, the whole file
+        monkeypatch.setattr(module, "BLOCK_ROWS", block)
+        monkeypatch.setattr(module, "TIME_CHUNK", block)
+        with pytest.warns(UserWarning, match="ZZZ"):
+            dm = PriceDataModule(**kwargs)
+            dm.setup("fit")
+        pd.testing.assert_frame_equal(dm.frames["fit"], reference.frames["fit"])
+        assert dm.stats["baselines"] == reference.stats["baselines"] and dm.stats["risk"] == reference.stats["risk"]
+        for stage in ("train", "val", "test"):
+            a, b = dm.dataset(stage), reference.dataset(stage)
+            assert torch.equal(a.ends, b.ends), (block, stage)
+            torch.testing.assert_close(a.x, b.x, rtol=0, atol=0, equal_nan=True)
+        assert dm.stats["ranges"] == reference.stats["ranges"]
+
+
+def test_a_built_in_style_transform_names_the_same_row_in_blocks_as_per_ticker(tmp_path, monkeypatch):
+    from forecasting.data import datamodule as module
+    from forecasting.data import features as F
+
+    frame = make_prices(120, ("AAA", "BBB", "CCC"))
+    frame.loc[frame.index[(frame.ticker == "BBB")][40], "volume"] = 777.0  # the transform's poison value
+    frame.to_parquet(tmp_path / "p.parquet")
+
+    def poisoned(f):
+        v = f["volume"].to_numpy()
+        return np.where(v == 777.0, np.inf, np.log(v))
+
+    messages = []
+    for rowwise in (False, True):
+        monkeypatch.setitem(F.TRANSFORMS, "poisoned", F.Transform(poisoned, ("volume",), 0, rowwise))
+        monkeypatch.setattr(module, "BLOCK_ROWS", 50)
+        with pytest.raises(ForecastingError, match="transform 'poisoned' is not finite for ticker 'BBB'") as err:
+            PriceDataModule(**dm_kwargs(tmp_path / "p.parquet", features=["log_return", "poisoned"])).setup("fit")
+        messages.append(str(err.value))
+    assert messages[0] == messages[1] and "row 161" in messages[0]
+
+
+def test_risk_recursions_equal_the_step_by_step_loop():
+    from forecasting import risk_baselines as rb
+
+    rng = np.random.default_rng(1)
+    returns = 0.01 * rng.standard_normal(600)
+    returns[[0, 200, 350, 351, 400]] = np.nan  # each ticker's first row, and gaps
+    ticker = np.repeat(["A", "B", "C"], 200)
+    var0 = {"A": 1e-4, "B": float("nan"), "C": 2e-4}
+    coefficients = {"A": (0.9, 0.08, 1e-6, 1e-3), "C": (0.94, 0.06, 0.0, 0.0)}  # B: NaN start; C: EWMA's form
+
+    def loop(t, r):  # the former one-row-at-a-time recursion
+        out, s2 = [], var0[t]
+        for value in r:
+            if np.isfinite(value):
+                decay, gain, level, mu = coefficients.get(t, (np.nan,) * 4)
+                s2 = level + gain * (value - mu) ** 2 + decay * s2
+            out.append(s2)
+        return np.array(out)
+
+    got = rb.one_step_variance(returns, ticker, var0, coefficients.get)
+    expected = np.concatenate([loop(t, returns[ticker == t]) for t in ("A", "B", "C")])
+    np.testing.assert_allclose(got, expected, rtol=1e-13, equal_nan=True)
+    assert np.isnan(got[200:400]).all() and got[0] == var0["A"]
+    with pytest.raises(ValueError, match="contiguous"):
+        rb.runs(np.array(["A", "B", "A"]))
+
+
+def test_checkpoint_statistics_replace_the_fitted_ones_as_a_fresh_build_with_them(tmp_path):
+    path = synthetic(tmp_path, "p.parquet")
+    kwargs = dm_kwargs(path, bad_values="missing", missing="ffill", tickers=["AAA", "CCC", "DDD"])
+    fitted = PriceDataModule(**kwargs)
+    fitted.setup("fit")
+    before = fitted.dataset("val").x.clone()
+    other = PriceDataModule(**{**kwargs, "tickers": ["AAA", "EEE"]})  # another file's statistics
+    other.setup("fit")
+    fresh = PriceDataModule(**kwargs)
+    fresh.load_state_dict(other.state_dict())
+    fresh.setup("fit")
+    fitted.load_state_dict(other.state_dict())  # after its own build: rebuilt with the checkpoint's scaling
+    for stage in ("train", "val", "test"):
+        a, b = fitted.dataset(stage), fresh.dataset(stage)
+        assert torch.equal(a.ends, b.ends)
+        torch.testing.assert_close(a.x, b.x, rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(a.y, b.y, rtol=0, atol=0, equal_nan=True)
+    assert not torch.allclose(before, fitted.dataset("val").x, equal_nan=True)

@@ -53,6 +53,30 @@ def future(values: np.ndarray, series: np.ndarray, horizon: int) -> np.ndarray:
 
 
 STAGES = ("train", "val", "test")
+TIME_CHUNK = 1 << 20  # rows at a time: target times, window ends, split ends
+BLOCK_ROWS = 1 << 20  # rows (whole tickers) per block of the built-in transforms
+
+
+def time_span(times: np.ndarray, rows: np.ndarray):
+    """(first, last) of times[rows] (a boolean mask), a block at a time; None if no row."""
+    parts = []
+    for a in range(0, len(times), TIME_CHUNK):
+        chosen = times[a : a + TIME_CHUNK][rows[a : a + TIME_CHUNK]]
+        if len(chosen):
+            parts.append((chosen.min(), chosen.max()))
+    return (min(p[0] for p in parts), max(p[1] for p in parts)) if parts else None
+
+
+def window_ends(series: torch.Tensor, x: torch.Tensor, window: int) -> torch.Tensor:
+    """valid_ends() over blocks of whole series of about TIME_CHUNK rows (windows never cross a
+    series): the same ends, without temporaries of the file's size."""
+    ids, parts, a = series.numpy(), [], 0
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(1, np.int64)
+    cuts = starts[np.searchsorted(starts, np.arange(TIME_CHUNK, len(ids), TIME_CHUNK), side="right") - 1]
+    for b in [*np.unique(cuts[cuts > 0]).tolist(), len(ids)]:
+        parts.append(valid_ends(series[a:b], torch.isnan(x[a:b]).any(1), window) + a)
+        a = b
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
 
 
 def ticker_runs(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -255,16 +279,39 @@ class PriceDataModule(ForecastData):
         # is freed as soon as no transform left needs it.
         later = {c: max((i for i, n in enumerate(names) if c in F.required_columns([n])), default=0) for c in raw}
         columns, problems = {}, []
+        # Blocks of whole tickers of about BLOCK_ROWS rows, for the built-in transforms.
+        cuts = np.unique(np.searchsorted(np.cumsum(lengths), np.arange(1, len(frame) // BLOCK_ROWS + 1) * BLOCK_ROWS))
+        cuts = [0, *[int(c) + 1 for c in cuts if c + 1 < len(starts)], len(starts)]
+        blocks = list(zip(cuts[:-1], cuts[1:], strict=True))
         for k, name in enumerate(names):
             column = columns[name] = np.empty(len(frame), np.float64 if name == self.target else np.float32)
             warm = F.warmup(name)
-            for t, (start, length) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
-                rows = pd.DataFrame({c: v[start : start + length] for c, v in raw.items()}, copy=False)
-                values = F.compute(rows, name)
-                bad = ~np.isfinite(values[warm:])
-                if bad.any():
-                    problems.append((t, k, start, warm + int(np.flatnonzero(bad)[0]), values[: warm + 1]))
-                column[start : start + length] = values
+            if F.rowwise(name):  # built-in: over blocks of whole tickers, then each one's warm-up rows NaN
+                needed = F.required_columns([name])
+                for first, last in blocks:
+                    a, b = int(starts[first]), int(starts[last - 1] + lengths[last - 1])
+                    values = F.compute(pd.DataFrame({c: raw[c][a:b] for c in needed}, copy=False), name)
+                    head = (starts[first:last, None] - a + np.arange(warm)).ravel()
+                    if warm:
+                        values = values if values.flags.writeable else values.copy()
+                        values[head] = np.nan
+                    bad = ~np.isfinite(values)
+                    bad[head] = False
+                    if bad.any():
+                        i = int(np.flatnonzero(bad)[0])
+                        t = first + int(np.searchsorted(starts[first:last] - a, i, side="right")) - 1
+                        start = int(starts[t]) - a
+                        problems.append((t, k, a + start, i - start, values[start : start + warm + 1]))
+                    column[a:b] = values
+                    del values, bad
+            else:  # your own transforms: one ticker's frame at a time
+                for t, (start, length) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
+                    rows = pd.DataFrame({c: v[start : start + length] for c, v in raw.items()}, copy=False)
+                    values = F.compute(rows, name)
+                    bad = ~np.isfinite(values[warm:])
+                    if bad.any():
+                        problems.append((t, k, start, warm + int(np.flatnonzero(bad)[0]), values[: warm + 1]))
+                    column[start : start + length] = values
             for c in [c for c, last in later.items() if last == k and c not in ("time", "line")]:
                 del raw[c], later[c]
         if problems:  # the first ticker's first transform, as a row-by-row pass would find it
@@ -394,7 +441,11 @@ class PriceDataModule(ForecastData):
             return None
         text = (self.ticker_column,)
         names = read_table(self.path, [self.ticker_column], text, self.csv_cache_dir())[0][self.ticker_column]
-        counts = names.astype(str).str.strip().value_counts()
+        # Count per category, then per stripped name: not one string per row.
+        per_category = names.value_counts(sort=False, dropna=False)
+        labels = ["nan" if pd.isna(c) else str(c).strip() for c in per_category.index]
+        counts = pd.Series(per_category.to_numpy(), index=labels).groupby(level=0, sort=False).sum()
+        counts = counts[counts > 0]
         if self.tickers is not None:
             unknown = sorted(set(map(str, self.tickers)) - set(counts.index))
             if unknown:
@@ -503,14 +554,14 @@ class PriceDataModule(ForecastData):
         # GARCH, EWMA, empirical quantiles: from training rows' returns and training targets only.
         # Not with shard_by_rank: quantiles of every rank's training targets do not combine exactly.
         if gather is None:
-            tickers = frame["ticker"].to_numpy()
+            tickers = frame["ticker"].array
             stats["risk"] = risk_baselines.fit(self.returns(frame), tickers, train, targets, in_train, self.target_kind)
         else:
             rank_zero_info("risk baselines (GARCH, EWMA, empirical) are skipped with data.shard_by_rank")
         # Leakage audit trail: first and last time each part of the pipeline covers (ISO strings,
         # in the checkpoint and the hparams). Splits add their target times in dataset().
-        times = frame["time"].to_numpy()[train]
-        spans = [(times.min(), times.max()) if len(times) else None]
+        times = frame["time"].to_numpy()
+        spans = [time_span(times, train)]
         spans = [s for s in (gather(spans[0]) if gather else spans) if s is not None]
         if not spans:
             raise ForecastingError(f"{self.path}: no training rows to fit the scaler; move data.val_start later")
@@ -528,13 +579,19 @@ class PriceDataModule(ForecastData):
         are read), or None without close prices."""
         if "f:log_return" not in frame:
             return None
-        return frame["f:log_return"].to_numpy().astype(np.float64, copy=False)
+        return frame["f:log_return"].to_numpy()  # float32 as a feature: each ticker's taken as float64
 
     @staticmethod
     def series_ids(frame: pd.DataFrame) -> np.ndarray:
-        """0, 1, 2, ... per ticker in row order (rows are sorted by ticker), int64."""
-        codes = frame["ticker"].cat.codes.to_numpy()
-        return np.r_[0, np.cumsum(codes[1:] != codes[:-1])].astype(np.int64)
+        """0, 1, 2, ... per ticker in row order (rows are sorted by ticker), int32."""
+        ticker = frame["ticker"]
+        categorical = isinstance(ticker.dtype, pd.CategoricalDtype)
+        codes = ticker.cat.codes.to_numpy() if categorical else pd.factorize(ticker)[0]
+        ids = np.empty(len(codes), dtype=np.int32)
+        if len(codes):
+            ids[0] = 0
+            np.cumsum(codes[1:] != codes[:-1], out=ids[1:])
+        return ids
 
     # ---------------------------------------------------------------- tensors
     def tensors(self, frame: pd.DataFrame):
@@ -572,18 +629,22 @@ class PriceDataModule(ForecastData):
         raw = frame[f"f:{self.target}"].to_numpy()
         loc, scl = (t_center[0], t_scale[0]) if group is None else (t_center[group], t_scale[group])
         y = np.full((n, self.horizon), np.nan, dtype=np.float32)
-        for h in range(1, self.horizon + 1):  # future(), one horizon at a time
-            same = series[h:] == series[:-h]
+        for h in range(1, self.horizon + 1):  # future(), one horizon at a time, in place
             at = slice(None) if group is None else slice(None, -h)  # the row's own ticker's scaling
             loc_h, scl_h = (loc, scl) if group is None else (loc[at], scl[at])
-            y[:-h, h - 1] = np.where(same, (raw[h:] - loc_h) / scl_h, np.nan)
+            scaled = np.subtract(raw[h:], loc_h)
+            scaled /= scl_h
+            scaled[series[h:] != series[:-h]] = np.nan
+            y[:-h, h - 1] = scaled
+            del scaled
         base = baselines.forecast_rows(raw, series, self.stats["baselines"], self.horizon, np.float32)
         base = {
             name: torch.from_numpy(b[:1].copy()).expand(n, -1) if b.strides[0] == 0 else torch.from_numpy(b)
             for name, b in base.items()
         }  # a broadcast row (the training mean) stays one row
+        risk_params, tickers = self.stats.get("risk"), frame["ticker"].array
         point, risk = risk_baselines.forecast_rows(
-            self.returns(frame), frame["ticker"].to_numpy(), self.stats.get("risk"), self.horizon, self.target_kind
+            self.returns(frame), tickers, risk_params, self.horizon, self.target_kind, np.float32
         )
 
         def f32(a):
@@ -595,14 +656,23 @@ class PriceDataModule(ForecastData):
 
     def target_times(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Date of the first and last target day of the sample ending on each row (NaT if none)."""
-        series = self.series_ids(frame)
-        times = frame["time"].to_numpy()
-        first = np.full(len(frame), np.datetime64("NaT"), dtype=times.dtype)
+        return self.end_times(frame)
+
+    def end_times(self, frame: pd.DataFrame, rows: np.ndarray | None = None, series: np.ndarray | None = None):
+        """target_times() only at `rows` (row indices) if given, in chunks: no temporary of the file's size.
+        `series`: series_ids(frame), if known."""
+        series = self.series_ids(frame) if series is None else series
+        times, h = frame["time"].to_numpy(), self.horizon
+        n = len(frame) if rows is None else len(rows)
+        first = np.full(n, np.datetime64("NaT"), dtype=times.dtype)
         last = first.copy()
-        h = self.horizon
-        first[:-1] = np.where(series[1:] == series[:-1], times[1:], first[:-1])
-        if len(frame) > h:
-            last[:-h] = np.where(series[h:] == series[:-h], times[h:], last[:-h])
+        for a in range(0, n, TIME_CHUNK):
+            at = np.arange(a, min(a + TIME_CHUNK, n)) if rows is None else np.asarray(rows[a : a + TIME_CHUNK])
+            for out, step in ((first, 1), (last, h)):
+                inside = at + step < len(times)
+                ahead = np.minimum(at + step, len(times) - 1)
+                same = inside & (series[ahead] == series[at])
+                out[a : a + len(at)] = np.where(same, times[ahead], np.datetime64("NaT"))
         return first, last
 
     def dataset(self, stage: str) -> WindowDataset:
@@ -612,24 +682,34 @@ class PriceDataModule(ForecastData):
         if which not in self.frames:
             self.setup(stage)
         frame = self.frames[which]
-        if which not in self._tensors:  # train, val and test share one copy of the rows and target days
+        if which not in self._tensors:  # train, val and test share one copy of the rows
             x, y, t_loc, t_scale, series, base, risk = self.tensors(frame)
-            ends = valid_ends(series, torch.isnan(x).any(1), self.window)
-            self._tensors[which] = (x, y, t_loc, t_scale, base, risk, ends, self.target_times(frame), series)
-        x, y, t_loc, t_scale, base, risk, ends, (first, last), series = self._tensors[which]
+            ends = window_ends(series, x, self.window)
+            self._tensors[which] = (x, y, t_loc, t_scale, base, risk, ends, series)
+        x, y, t_loc, t_scale, base, risk, ends, series = self._tensors[which]
         keep = None
         if stage != "predict":
             val, test = (np.datetime64(pd.Timestamp(d)) for d in (self.stats["val_start"], self.stats["test_start"]))
             start, end = (None if d is None else np.datetime64(d) for d in (self.train_start, self.test_end))
             lo, hi = {"train": (start, val), "val": (val, test), "test": (test, end)}[stage]
-            keep = ~np.isnat(last) & ~np.isnan(y.numpy()).any(1)
-            if lo is not None:
-                keep &= first >= lo
-            if hi is not None:
-                keep &= last < hi
-            ends = ends[torch.from_numpy(keep[ends.numpy()])]
-            if len(ends):
-                days = (pd.Timestamp(first[ends.numpy()].min()), pd.Timestamp(last[ends.numpy()].max()))
+            if self.mode == "stream":  # stream mode also needs every row's (training rows' first days)
+                first, last = self.target_times(frame)
+                keep = self.split_rows(first, last, y, lo, hi)
+                ends = ends[torch.from_numpy(keep[ends.numpy()])]
+                days = [(first[ends.numpy()].min(), last[ends.numpy()].max())] if len(ends) else []
+            else:  # only at the window ends, a block at a time: no mask or times of the file's size
+                parts, days = [], []
+                for a in range(0, len(ends), TIME_CHUNK):
+                    at = ends[a : a + TIME_CHUNK]
+                    first, last = self.end_times(frame, at.numpy(), series.numpy())
+                    chosen = self.split_rows(first, last, y[at], lo, hi)
+                    parts.append(at[torch.from_numpy(chosen)])
+                    if chosen.any():
+                        days.append((first[chosen].min(), last[chosen].max()))
+                    del first, last, chosen
+                ends = torch.cat(parts) if parts else ends[:0]
+            if days:
+                days = (pd.Timestamp(min(d[0] for d in days)), pd.Timestamp(max(d[1] for d in days)))
                 self.stats.setdefault("ranges", {})[f"{stage}_targets"] = [d.isoformat() for d in days]
             if len(ends) == 0:
                 raise ForecastingError(
@@ -640,13 +720,25 @@ class PriceDataModule(ForecastData):
         risk = None if stage == "train" else risk
         if self.mode == "stream":
             data = (x, y, t_loc, t_scale, series, ends, base, risk)
-            self._datasets[stage] = self.stream_dataset(stage, *data, keep, first, last)
+            times = (first, last) if stage != "predict" else (None, None)
+            self._datasets[stage] = self.stream_dataset(stage, *data, keep, *times)
             return self._datasets[stage]
         dense = self.dense_targets and stage == "train"
         self._datasets[stage] = WindowDataset(
             x, y, t_loc, t_scale, ends, self.window, dense=dense, baselines=base, risk_baselines=risk
         )
         return self._datasets[stage]
+
+    @staticmethod
+    def split_rows(first, last, y: torch.Tensor, lo, hi) -> np.ndarray:
+        """Which rows (of `first`, `last`, `y`) hold a sample of the split [lo, hi): targets known,
+        all their days inside."""
+        keep = ~np.isnat(last) & ~np.isnan(y.numpy()).any(1)
+        if lo is not None:
+            keep &= first >= lo
+        if hi is not None:
+            keep &= last < hi
+        return keep
 
     def stream_dataset(self, stage, x, y, t_loc, t_scale, series, ends, base, risk, keep, first, last):
         """Stream mode (stream.py): training rows laid out as lanes; val/test/predict as whole series

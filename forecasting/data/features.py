@@ -35,6 +35,10 @@ class Transform:
     columns: tuple[str, ...]
     # Rows at the start of each series that are NaN by construction (a diff has one).
     warmup: int = 0
+    # Row t depends on rows t - warmup..t only: the data module may then compute it over many
+    # tickers at once and set each ticker's first `warmup` rows to NaN (the built-in transforms).
+    # Your own transforms always get one ticker's frame.
+    rowwise: bool = False
 
 
 TRANSFORMS: dict[str, Transform] = {}
@@ -44,9 +48,9 @@ TRANSFORMS: dict[str, Transform] = {}
 VARIANCE_FLOOR = 1e-8
 
 
-def transform(*columns: str, warmup: int = 0):
+def transform(*columns: str, warmup: int = 0, rowwise: bool = False):
     def register(fn):
-        TRANSFORMS[fn.__name__] = Transform(fn, columns, warmup)
+        TRANSFORMS[fn.__name__] = Transform(fn, columns, warmup, rowwise)
         return fn
 
     return register
@@ -59,13 +63,13 @@ def _diff_log(values: np.ndarray) -> np.ndarray:
     return out
 
 
-@transform("close", warmup=1)
+@transform("close", warmup=1, rowwise=True)
 def log_return(f: pd.DataFrame) -> np.ndarray:
     """log(close_t / close_{t-1}): the stationary version of a price."""
     return _diff_log(f["close"].to_numpy())
 
 
-@transform("open", "high", "low", "close")
+@transform("open", "high", "low", "close", rowwise=True)
 def gk_log_var(f: pd.DataFrame) -> np.ndarray:
     """log of the Garman-Klass (1980) daily variance from open/high/low/close.
 
@@ -78,13 +82,13 @@ def gk_log_var(f: pd.DataFrame) -> np.ndarray:
     return np.log(np.maximum(var, VARIANCE_FLOOR))
 
 
-@transform("high", "low")
+@transform("high", "low", rowwise=True)
 def log_range(f: pd.DataFrame) -> np.ndarray:
     """log(high / low): the simplest range-based volatility proxy."""
     return np.log(f["high"].to_numpy() / f["low"].to_numpy())
 
 
-@transform("volume", warmup=1)
+@transform("volume", warmup=1, rowwise=True)
 def log_volume_change(f: pd.DataFrame) -> np.ndarray:
     """log(volume_t / volume_{t-1}); a zero volume makes it infinite (an error)."""
     return _diff_log(f["volume"].to_numpy())
@@ -115,6 +119,11 @@ def required_columns(names: list[str]) -> list[str]:
             if column not in needed:
                 needed.append(column)
     return needed
+
+
+def rowwise(name: str) -> bool:
+    """True for a built-in transform or a raw column: computable over many tickers at once."""
+    return TRANSFORMS[name].rowwise if name in TRANSFORMS else True
 
 
 def warmup(name: str) -> int:

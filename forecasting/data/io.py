@@ -252,6 +252,9 @@ MAX_VOLUME = 1e18
 EMPTY_TICKERS = {"", "nan", "none", "null", "<na>"}
 
 
+CHECK_ROWS = 1 << 20  # rows at a time in the checks that need float temporaries
+
+
 def bad_rows(
     out: dict[str, np.ndarray], columns: dict[str, str], max_flat_rows: int | None
 ) -> tuple[np.ndarray, "Callable[[int], str]"]:
@@ -280,18 +283,21 @@ def bad_rows(
         high, low = out["high"], out["low"]
         flag(high < low, f"columns '{columns['high']}' < '{columns['low']}': high below low")
         if "close" in columns:
-            close, slack = out["close"], 1e-9 * np.abs(high)
-            flag(
-                (close > high + slack) | (close < low - slack),
-                f"column '{columns['close']}': close outside [low, high]",
-            )
+            close, outside = out["close"], np.empty(n, dtype=bool)
+            for a in range(0, n, CHECK_ROWS):  # a block at a time: no float temporaries of the file's size
+                c, h, lo = close[a : a + CHECK_ROWS], high[a : a + CHECK_ROWS], low[a : a + CHECK_ROWS]
+                slack = 1e-9 * np.abs(h)
+                outside[a : a + CHECK_ROWS] = (c > h + slack) | (c < lo - slack)
+            flag(outside, f"column '{columns['close']}': close outside [low, high]")
+            del outside
     if max_flat_rows and "close" in columns:
         close, ticker = out["close"], out["ticker"]
         same = np.r_[False, (close[1:] == close[:-1]) & (ticker[1:] == ticker[:-1])]
-        run = np.cumsum(~same)  # one id per run of equal closes within a ticker
-        size = np.bincount(run)[run]
+        run = np.cumsum(~same, dtype=np.int64 if n >= 2**31 else np.int32)  # one id per run of equal closes
+        long_run = np.bincount(run) >= max_flat_rows  # within a ticker
         # A run of max_flat_rows or more equal closes: every row after its first is suspect.
-        flat = same & (size >= max_flat_rows)
+        flat = same & long_run[run]
+        del run, long_run
         flag(
             flat,
             f"column '{columns['close']}': close unchanged for {max_flat_rows} or more rows "
@@ -354,9 +360,11 @@ def read_prices(
     frame, names, positions, cache = read_table(
         path, wanted, (ticker_column,) if ticker_column else (), cache_dir, only
     )  # fmt: skip
+    box = [frame]  # _validate takes the frame out: its raw columns are freed as soon as they are parsed
+    del frame
     try:
         out = _validate(
-            path, frame, names, positions, time_column, ticker_column, columns, adjust_column, date_format,
+            path, box, names, positions, time_column, ticker_column, columns, adjust_column, date_format,
             missing, timezone, bad_values, max_flat_rows, report,
         )  # fmt: skip
     except BaseException:
@@ -369,9 +377,10 @@ def read_prices(
 
 
 def _validate(
-    path, frame, names, positions, time_column, ticker_column, columns, adjust_column, date_format,
+    path, box, names, positions, time_column, ticker_column, columns, adjust_column, date_format,
     missing, timezone, bad_values, max_flat_rows, report,
 ) -> pd.DataFrame:  # fmt: skip
+    frame = box.pop()  # the only reference: each raw column is dropped once parsed
     require_column(names, time_column, "data.time_column", path)
     if ticker_column is not None:
         require_column(names, ticker_column, "data.ticker_column", path)
@@ -381,8 +390,11 @@ def _validate(
         require_column(names, adjust_column, "data.adjust_column", path)
 
     n = len(frame)
-    line = np.arange(n) if positions is None else positions
+    line_type = np.int32 if n < 2**31 else np.int64  # positions in the file, for messages
+    line = np.arange(n, dtype=line_type) if positions is None else positions.astype(line_type, copy=False)
     time = parse_times(frame[time_column], time_column, path, date_format, timezone, line).to_numpy()
+    if time_column not in (ticker_column, *columns.values(), adjust_column):
+        frame = frame.drop(columns=[time_column])  # the file's times: parsed, no longer needed
     if ticker_column:
         raw = frame[ticker_column]
         if not isinstance(raw.dtype, pd.CategoricalDtype):
@@ -403,6 +415,9 @@ def _validate(
                 "name every row's ticker, or set data.ticker_column: null for a file holding one series"
             )
         codes = remap[raw_codes].astype(np.int32)
+        del raw, raw_codes
+        if ticker_column not in (*columns.values(), adjust_column):
+            frame = frame.drop(columns=[ticker_column])
     else:
         labels, codes = np.array(["series"], dtype=object), np.zeros(n, dtype=np.int32)
     numeric = {**columns, **({"_adjust": adjust_column} if adjust_column else {})}

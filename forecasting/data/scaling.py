@@ -20,8 +20,13 @@ from forecasting.errors import ForecastingError
 SCALER_NAMES = ("standard", "robust", "minmax", "none")
 
 
+CHUNK = 1 << 20  # values at a time: moments of chunks, merged (no float64 copy of a whole column)
+
+
 def moments(values: np.ndarray) -> np.ndarray:
     """(count, mean, sum of squared deviations, min, max) of the non-NaN values, in float64."""
+    if len(values) > CHUNK:
+        return merge(moments(values[a : a + CHUNK]) for a in range(0, len(values), CHUNK))
     values = values[~np.isnan(values)].astype(np.float64, copy=False)
     if len(values) == 0:
         return np.array([0.0, 0.0, 0.0, np.inf, -np.inf])

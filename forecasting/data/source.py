@@ -51,28 +51,55 @@ def read_parquet(
         column, keep = tickers
         keep = pa.array(sorted({str(t).strip() for t in keep}), pa.string())
         tickers = data.to_table(columns=[column]).column(0).combine_chunks()
-        if pa.types.is_dictionary(tickers.type):
-            tickers = tickers.cast(tickers.type.value_type)
 
         def selected(values):
             return pc.is_in(pc.utf8_trim_whitespace(pc.cast(values, pa.string())), keep)
 
         # Positions in the file, for messages ("row 8"); the filter names the file's own values.
-        positions = np.flatnonzero(selected(tickers).fill_null(False).to_numpy(zero_copy_only=False))
-        distinct = pc.unique(tickers).drop_null()
+        # A dictionary-encoded column is judged once per distinct value, not once per row.
+        if pa.types.is_dictionary(tickers.type):
+            chosen = selected(tickers.dictionary).fill_null(False).to_numpy(zero_copy_only=False)
+            codes = tickers.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+            positions = np.flatnonzero(np.r_[chosen, False][codes])  # -1 (a null name): never chosen
+            distinct = pc.unique(tickers.dictionary).drop_null()
+        else:
+            positions = np.flatnonzero(selected(tickers).fill_null(False).to_numpy(zero_copy_only=False))
+            distinct = pc.unique(tickers).drop_null()
         row_filter = pc.field(column).isin(distinct.filter(selected(distinct)))
+    read = lambda name: data.to_table(columns=[name], filter=row_filter).column(0)  # noqa: E731
+    if row_filter is not None and path.is_file():
+        # One file: read only the row groups holding chosen rows, then take those rows (a file sorted
+        # by ticker puts each rank's tickers in its own row groups; a filter would decode every one).
+        read = row_groups(pq.ParquetFile(str(path)), positions)
     # One column at a time: Arrow's decoding buffers for one column, not for the whole file, exist at
     # once next to the frame (Arrow's allocator keeps freed memory for reuse, so they set the peak).
     series = {}
     for name in wanted:
-        column = data.to_table(columns=[name], filter=row_filter).column(0)
+        column = read(name)
         if name in text_columns and not pa.types.is_dictionary(column.type):
             column = pc.dictionary_encode(column)
         series[name] = column.to_pandas()
         del column
+        release()  # this column's decoding buffers, before the next column's
     frame = pd.DataFrame(series, copy=False)
     release()
     return frame, list(names), positions
+
+
+def row_groups(file: pq.ParquetFile, positions: np.ndarray):
+    """A reader of column `name` at rows `positions` (sorted) of `file`: only the row groups holding
+    them are decoded."""
+    sizes = np.array([file.metadata.row_group(i).num_rows for i in range(file.num_row_groups)], dtype=np.int64)
+    offsets = np.r_[0, np.cumsum(sizes)]
+    group = np.searchsorted(offsets, positions, side="right") - 1
+    groups = np.unique(group)
+    first = np.r_[0, np.cumsum(sizes[groups])][np.searchsorted(groups, group)]  # each group's first row, as read
+    take = pa.array(positions - offsets[group] + first, type=pa.int64())
+
+    def read(name: str):
+        return file.read_row_groups(groups.tolist(), columns=[name]).column(0).take(take)
+
+    return read
 
 
 def release() -> None:
