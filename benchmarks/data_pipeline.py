@@ -281,7 +281,7 @@ if __name__ == "__main__":
     parser.add_argument("--ranks", type=int, default=2, help="Table 3: also build with this many gloo ranks")
     parser.add_argument("--only-big", action="store_true", help="Table 3 alone")
     parser.add_argument("--no-garch", action="store_true",
-                        help="Table 3 without the GARCH baseline's per-ticker fits (as without the arch package)")  # fmt: skip
+                        help="Table 3 without the GARCH baseline's per-ticker fits")  # fmt: skip
     args = parser.parse_args()
     if args.no_garch:
         os.environ["BENCH_NO_GARCH"] = "1"  # read by the spawned builds
