@@ -112,8 +112,9 @@ class ForecastingCLI(LightningCLI):
         state = getattr(self, "_ckpt_state", None)
         if state is not None:
             validation.check_state_shapes(config.ckpt_path, state, self.model)
-        train = self.subcommand in (None, "fit", "lr_find", "diagnose")
-        validation.check_precision(self.trainer, self.model, train, configured=config.trainer.get("precision"))
+        if self.subcommand is not None:  # a run, not a build (tests, tune and backtest folds build first)
+            train = self.subcommand in ("fit", "lr_find", "diagnose")
+            validation.check_precision(self.trainer, self.model, train, configured=config.trainer.get("precision"))
 
     def before_fit(self) -> None:
         # Before Lightning starts (and its logger writes anything): one training batch checked
