@@ -34,11 +34,6 @@ GAP_ROWS = 1 << 20  # the log-variance gap is averaged this many rows at a time
 LOG_2PI = math.log(2 * math.pi)
 
 
-def available() -> bool:
-    """GARCH is always available: our own estimator needs numpy and scipy only."""
-    return True
-
-
 def _garch_terms(params, y, backcast):
     """Residuals, conditional variances and the lagged squared residuals of a GARCH(1,1) with
     constant mean on y: sigma2[t] = omega + alpha e[t-1]^2 + beta sigma2[t-1], e[-1]^2 = sigma2[-1] = backcast."""

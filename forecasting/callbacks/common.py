@@ -59,15 +59,11 @@ class DrawsFigures(Callback):
     epoch's steps would wait for. `draw_later(render, ...)` hands it to one worker thread (matplotlib's
     object API, one figure at a time) and training goes on; the data drawn is computed before, in the
     loop, so a figure shows the model at the step it names. Every figure is written before `fit`,
-    `validate` or `test` returns, and a drawing error is raised there. background=False draws in place.
+    `validate` or `test` returns (Lightning calls `teardown` after each, before the loggers close),
+    and a drawing error is raised there.
     """
 
-    background: bool = True
-
     def draw_later(self, render: Callable[..., None], *args) -> None:
-        if not self.background:
-            render(*args)
-            return
         self.__dict__.setdefault("_drawing", []).append(drawer().submit(render, *args))
 
     def finish_drawing(self, raise_errors: bool = True) -> None:
@@ -76,16 +72,6 @@ class DrawsFigures(Callback):
         first = next((e for e in errors if e is not None), None)
         if first is not None and raise_errors:
             raise first
-
-    def on_fit_end(self, trainer, pl_module):
-        self.finish_drawing()
-
-    def on_validation_end(self, trainer, pl_module):
-        if trainer.state.fn.value != "fit":  # `validate`: no training to overlap with
-            self.finish_drawing()
-
-    def on_test_end(self, trainer, pl_module):
-        self.finish_drawing()
 
     def on_exception(self, trainer, pl_module, exception):
         self.finish_drawing(raise_errors=False)  # the run's own exception is the one to show
