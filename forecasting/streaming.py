@@ -74,12 +74,12 @@ class Streamer:
         dm.frames.pop("predict", None)
         dm.setup("predict")
         frame = dm.frames["predict"]
-        x, _, loc, scale, series, *_ = dm.tensors(frame)
+        x, _, loc, scale, series, *_, scaler = dm.tensors(frame)
         for start, n in runs(series, ~torch.isnan(x).any(1)):
             ticker = frame["ticker"].iat[start]
             if start + n < len(series) and series[start + n] == series[start]:
                 continue  # not the ticker's last clean run: a later one starts after a bad row
-            out, state = contract.call(self.model.net, x[None, start : start + n])
+            out, state = contract.call(self.model.net, scaler(x[None, start : start + n], torch.tensor([start])))
             self.states[ticker] = state
             end = start + n - 1
             self.last[ticker] = (frame["time"].iat[end], self.point(out[0, -1]) * scale[end] + loc[end])

@@ -425,7 +425,7 @@ class OldPriceDataModule(PriceDataModule):
             return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
         base = {name: f32(b) for name, b in base.items()}
-        return f32(x), f32(y), f32(t_loc), f32(t_scale), torch.from_numpy(series), base, {}
+        return f32(x), f32(y), f32(t_loc), f32(t_scale), torch.from_numpy(series), base, {}, None  # x scaled already
 
     def target_times(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Date of the first and last target day of the sample ending on each row (NaT if none)."""

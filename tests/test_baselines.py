@@ -13,7 +13,7 @@ def test_baselines_in_the_batch_are_computed_from_training_samples_only(prices_c
     dm = PriceDataModule(**dm_kwargs(prices_csv))
     dm.setup("fit")
     frame = dm.frames["fit"]
-    series = frame["f:gk_log_var"].to_numpy()
+    series = frame["target"].to_numpy()  # the target in original units, float64
     val = dm.dataset("val")
     batch = val.__getitems__(list(range(len(val))))
     ends = batch["row"].numpy()
@@ -30,7 +30,7 @@ def test_baselines_in_the_batch_are_computed_from_training_samples_only(prices_c
     assert 0.5 < beta[1:].sum() < 1.1  # GARCH variance is persistent: weights sum near one
     # the mean of every training target: each day before val_start except a ticker's first
     targets = frame[(frame.time < pd.Timestamp(dm.stats["val_start"])) & (frame.groupby("ticker").cumcount() > 0)]
-    np.testing.assert_allclose(dm.stats["baselines"]["target_mean"][0], targets["f:gk_log_var"].mean(), rtol=1e-9)
+    np.testing.assert_allclose(dm.stats["baselines"]["target_mean"][0], targets["target"].mean(), rtol=1e-9)
 
 
 def test_har_regressors_do_not_cross_tickers():

@@ -18,6 +18,11 @@ from tests.conftest import ROOT, dm_kwargs, make_prices
 from tests.reference_pipeline import OldPriceDataModule
 
 
+def inputs(dataset) -> torch.Tensor:
+    """Every window of a data set as the model gets it: scaled as the batch is gathered."""
+    return dataset.__getitems__(list(range(len(dataset))))["x"]
+
+
 def assert_same(new: PriceDataModule, old: PriceDataModule) -> None:
     new.setup("fit")
     old.setup("fit")
@@ -35,7 +40,7 @@ def assert_same(new: PriceDataModule, old: PriceDataModule) -> None:
         x, y = new.dataset(stage), old.dataset(stage)
         assert torch.equal(x.ends, y.ends), stage
         rows = x.ends
-        torch.testing.assert_close(x.x, y.x, rtol=0, atol=2e-5, equal_nan=True)  # float32 features, then scaled
+        torch.testing.assert_close(inputs(x), inputs(y), rtol=0, atol=2e-5, equal_nan=True)  # float32, then scaled
         torch.testing.assert_close(x.y[rows], y.y[rows], rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(x.target_loc[rows], y.target_loc[rows], rtol=0, atol=0)
         torch.testing.assert_close(x.target_scale[rows], y.target_scale[rows], rtol=0, atol=0)
@@ -106,7 +111,7 @@ def test_parquet_folder_partitioned_by_ticker_equals_one_file(tmp_path):
     one.setup("fit")
     hive.setup("fit")
     assert one.stats == hive.stats
-    torch.testing.assert_close(one.dataset("train").x, hive.dataset("train").x, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(inputs(one.dataset("train")), inputs(hive.dataset("train")), rtol=0, atol=0)
     assert set(hive.frames["fit"]["ticker"]) == {"AAA", "CCC"}
 
 
@@ -132,7 +137,7 @@ def test_a_csv_is_parsed_once_then_read_from_its_parquet_cache(tmp_path, monkeyp
         second = PriceDataModule(**kwargs)
         second.setup("fit")
     assert not parsed and first.stats == second.stats
-    torch.testing.assert_close(first.dataset("val").x, second.dataset("val").x, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(inputs(first.dataset("val")), inputs(second.dataset("val")), rtol=0, atol=0)
     assert second.quality == first.quality
     monkeypatch.undo()
     path.write_text(path.read_text().replace("EEE", "FFF"))  # an edit: new size or mtime, new cache
@@ -242,7 +247,7 @@ def test_checkpoint_statistics_replace_the_fitted_ones_as_a_fresh_build_with_the
     kwargs = dm_kwargs(path, bad_values="missing", missing="ffill", tickers=["AAA", "CCC", "DDD"])
     fitted = PriceDataModule(**kwargs)
     fitted.setup("fit")
-    before = fitted.dataset("val").x.clone()
+    before = inputs(fitted.dataset("val"))
     other = PriceDataModule(**{**kwargs, "tickers": ["AAA", "EEE"]})  # another file's statistics
     other.setup("fit")
     fresh = PriceDataModule(**kwargs)
@@ -252,6 +257,6 @@ def test_checkpoint_statistics_replace_the_fitted_ones_as_a_fresh_build_with_the
     for stage in ("train", "val", "test"):
         a, b = fitted.dataset(stage), fresh.dataset(stage)
         assert torch.equal(a.ends, b.ends)
-        torch.testing.assert_close(a.x, b.x, rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(inputs(a), inputs(b), rtol=0, atol=0)
         torch.testing.assert_close(a.y, b.y, rtol=0, atol=0, equal_nan=True)
-    assert not torch.allclose(before, fitted.dataset("val").x, equal_nan=True)
+    assert not torch.allclose(before, inputs(fitted.dataset("val")))

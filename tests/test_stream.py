@@ -144,7 +144,8 @@ def test_stream_forecasts_equal_one_call_over_the_history_and_a_whole_history_wi
     batch = val.__getitems__(range(len(val)))
     with torch.no_grad():
         pred = m.head.point(m.forecasts(batch)[1])  # the forecasts (B, H) from the head's parameters
-        x, y = dm._tensors["fit"][:2]
+        x, scaler = dm._tensors["fit"][0], dm._tensors["fit"][-1]
+        x = scaler(x, torch.arange(len(x)))  # the rows as the model reads them
         start = val.starts[0]
         for i in (0, 5, len(val.scored[0]) - 1):  # day t of the first ticker: one call over days 1..t
             row = int(val.scored[0][i])

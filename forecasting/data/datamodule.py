@@ -39,7 +39,7 @@ from forecasting.data.io import (
     stamp,
     where,
 )  # fmt: skip
-from forecasting.data.windows import WindowDataset, valid_ends
+from forecasting.data.windows import RowScaler, WindowDataset, valid_ends
 from forecasting.errors import ForecastingError
 
 
@@ -71,12 +71,13 @@ def window_ends(series: torch.Tensor, x: torch.Tensor, window: int) -> torch.Ten
     """valid_ends() over blocks of whole series of about TIME_CHUNK rows (windows never cross a
     series): the same ends, without temporaries of the file's size."""
     ids, parts, a = series.numpy(), [], 0
+    index_type = torch.int32 if len(ids) < 2**31 else torch.long  # half the memory of int64 ends
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(1, np.int64)
     cuts = starts[np.searchsorted(starts, np.arange(TIME_CHUNK, len(ids), TIME_CHUNK), side="right") - 1]
     for b in [*np.unique(cuts[cuts > 0]).tolist(), len(ids)]:
-        parts.append(valid_ends(series[a:b], torch.isnan(x[a:b]).any(1), window) + a)
+        parts.append((valid_ends(series[a:b], torch.isnan(x[a:b]).any(1), window) + a).to(index_type))
         a = b
-    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+    return torch.cat(parts) if parts else torch.empty(0, dtype=index_type)
 
 
 def ticker_runs(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -237,10 +238,17 @@ class PriceDataModule(ForecastData):
         and targets in full precision)."""
         report: dict = {}
         wanted = self.tickers if tickers is None else tickers
+        names = list(dict.fromkeys([*self.features, self.target]))
+        # A file column used only raw, as a float32 feature, is read into float32 straight after its
+        # checks (io.read_prices): half the memory while the other columns are checked and transformed.
+        narrow = tuple(
+            n for n in self.features
+            if n not in F.TRANSFORMS and n != self.target and sum(n in F.required_columns([m]) for m in names) == 1
+        )  # fmt: skip
         frame = read_prices(
             path, self.time_column, self.ticker_column, self.columns, self.adjust_column, self.date_format,
             self.missing, self.timezone, self.bad_values, self.max_flat_rows, report,
-            cache_dir=self.csv_cache_dir(), tickers=wanted, pending=self._pending_caches,
+            cache_dir=self.csv_cache_dir(), tickers=wanted, pending=self._pending_caches, narrow=narrow,
         )  # fmt: skip
         self.quality[path] = report
         if self.tickers is not None:
@@ -267,30 +275,33 @@ class PriceDataModule(ForecastData):
             frame["ticker"] = frame["ticker"].cat.remove_unused_categories()
             starts, lengths = starts[~short], lengths[~short]
             starts = np.r_[0, np.cumsum(lengths)[:-1]]
-        # One array per transform, filled per ticker in place: features as float32 (what the model
+        # One array per transform, filled over blocks of tickers: features as float32 (what the model
         # reads), the target as float64 (its scaler, targets and baselines keep full precision).
-        names = list(dict.fromkeys([*self.features, self.target]))
-        if "close" in frame and self.target_kind in ("return", "log_variance"):
+        if "close" in frame and self.target_kind in ("return", "log_variance") and self.target != "log_return":
             names = list(dict.fromkeys([*names, "log_return"]))  # the risk baselines' input (returns())
-        raw = {c: frame[c].to_numpy() for c in frame.columns if c not in ("ticker",)}
+        raw = {c: frame[c].to_numpy() for c in frame.columns if c not in ("time", "ticker", "line")}
         frame = frame[["time", "ticker", "line"]]  # the price columns now live in `raw` alone
-        # Transform by transform, each over every ticker, into its own array (features float32, what
-        # the model reads; the target float64, for its scaler, targets and baselines); a price column
-        # is freed as soon as no transform left needs it.
-        later = {c: max((i for i, n in enumerate(names) if c in F.required_columns([n])), default=0) for c in raw}
+        order = self.transform_order(names, raw)
+        later = {c: max((i for i, n in enumerate(order) if c in F.required_columns([n])), default=0) for c in raw}
         columns, problems = {}, []
         # Blocks of whole tickers of about BLOCK_ROWS rows, for the built-in transforms.
         cuts = np.unique(np.searchsorted(np.cumsum(lengths), np.arange(1, len(frame) // BLOCK_ROWS + 1) * BLOCK_ROWS))
         cuts = [0, *[int(c) + 1 for c in cuts if c + 1 < len(starts)], len(starts)]
         blocks = list(zip(cuts[:-1], cuts[1:], strict=True))
-        for k, name in enumerate(names):
-            column = columns[name] = np.empty(len(frame), np.float64 if name == self.target else np.float32)
-            warm = F.warmup(name)
+        for step, name in enumerate(order):
+            k, warm = names.index(name), F.warmup(name)  # k: the order problems are reported in
+            if name in narrow:  # already float32 (read_prices): the column itself, checked below
+                column = columns[name] = raw[name]
+            else:
+                column = columns[name] = np.empty(len(frame), np.float64 if name == self.target else np.float32)
             if F.rowwise(name):  # built-in: over blocks of whole tickers, then each one's warm-up rows NaN
                 needed = F.required_columns([name])
                 for first, last in blocks:
                     a, b = int(starts[first]), int(starts[last - 1] + lengths[last - 1])
-                    values = F.compute(pd.DataFrame({c: raw[c][a:b] for c in needed}, copy=False), name)
+                    if name in narrow:
+                        values = column[a:b]
+                    else:
+                        values = F.compute(pd.DataFrame({c: raw[c][a:b] for c in needed}, copy=False), name)
                     head = (starts[first:last, None] - a + np.arange(warm)).ravel()
                     if warm:
                         values = values if values.flags.writeable else values.copy()
@@ -302,7 +313,8 @@ class PriceDataModule(ForecastData):
                         t = first + int(np.searchsorted(starts[first:last] - a, i, side="right")) - 1
                         start = int(starts[t]) - a
                         problems.append((t, k, a + start, i - start, values[start : start + warm + 1]))
-                    column[a:b] = values
+                    if name not in narrow:
+                        column[a:b] = values
                     del values, bad
             else:  # your own transforms: one ticker's frame at a time
                 for t, (start, length) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
@@ -312,8 +324,11 @@ class PriceDataModule(ForecastData):
                     if bad.any():
                         problems.append((t, k, start, warm + int(np.flatnonzero(bad)[0]), values[: warm + 1]))
                     column[start : start + length] = values
-            for c in [c for c, last in later.items() if last == k and c not in ("time", "line")]:
+            freed = [c for c, last in later.items() if last == step]
+            for c in freed:
                 del raw[c], later[c]
+            if freed:
+                source.release()  # a column Arrow handed over without a copy goes back to its pool
         if problems:  # the first ticker's first transform, as a row-by-row pass would find it
             t, k, start, first, head = min(problems, key=lambda p: p[:2])
             name, warm, i = names[k], F.warmup(names[k]), start + first
@@ -330,9 +345,35 @@ class PriceDataModule(ForecastData):
                 f"for ticker '{frame['ticker'].iat[i]}' on {stamp(frame['time'].iat[i])} ({cause}); fix the row"
             )
         del raw
+        # The model's inputs: one (rows, F) float32 matrix; the frame's feature columns are views of it.
+        inputs = np.empty((len(frame), len(self.features)), dtype=np.float32)
+        for j, name in enumerate(self.features):
+            inputs[:, j] = columns[name]
+            if name != self.target:
+                del columns[name]
         source.release()
         keep = {c: frame[c] for c in ("time", "ticker", "line")}
-        return pd.DataFrame({**keep, **{f"f:{n}": c for n, c in columns.items()}}, copy=False)
+        extra = {f"f:{n}": c for n, c in columns.items() if n != self.target}  # log_return for the risk baselines
+        features = {f"f:{n}": inputs[:, j] for j, n in enumerate(self.features)}
+        return pd.DataFrame({**keep, **features, **extra, "target": columns[self.target]}, copy=False)
+
+    @staticmethod
+    def transform_order(names: list[str], raw: dict[str, np.ndarray]) -> list[str]:
+        """The order to compute `names` in: next, the transform whose output costs least memory net
+        of the raw columns it is the last to need (freed right after it); ties in the given order."""
+        order, todo = [], list(names)
+        while todo:
+
+            def net(name):
+                needs = F.required_columns([name])
+                freed = [c for c in needs if c in raw and not any(c in F.required_columns([m]) for m in todo if m != name)]
+                out = 0 if raw.get(name) is not None and raw[name].dtype == np.float32 and name not in F.TRANSFORMS else 4
+                return sum(raw[c].itemsize for c in freed) - out
+
+            best = max(todo, key=lambda n: (net(n), -todo.index(n)))
+            order.append(best)
+            todo.remove(best)
+        return order
 
     def csv_cache_dir(self) -> Path | None:
         """Where a CSV's Parquet cache goes: data.cache_dir, else `data_cache` in the logger's folder."""
@@ -522,12 +563,12 @@ class PriceDataModule(ForecastData):
                 where = f"{self.path} (ticker '{name}', rows before {stamp(val)})"
                 mask = train[part]
 
-                def column(n, part=part, mask=mask):
-                    return lambda: frame[f"f:{n}"].to_numpy()[part][mask]
+                def column(key, part=part, mask=mask):
+                    return lambda: frame[key].to_numpy()[part][mask]
 
-                inputs = [column(n) for n in self.features]
+                inputs = [column(f"f:{n}") for n in self.features]
                 center, scale = scaling.fit(self.scaler, inputs, self.features, where, pooled)
-                t_center, t_scale = scaling.fit(self.scaler, [column(self.target)], [self.target], where, pooled)
+                t_center, t_scale = scaling.fit(self.scaler, [column("target")], [self.target], where, pooled)
                 for key, value in zip(keys, (name, center, scale, t_center[0], t_scale[0]), strict=True):
                     stats[key].append(value)
         except ForecastingError as err:
@@ -544,12 +585,18 @@ class PriceDataModule(ForecastData):
             features=list(self.features), target=self.target, horizon=self.horizon, scaler=self.scaler,
             val_start=val.isoformat(), test_start=test.isoformat(),
         )  # fmt: skip
-        series, ids = frame[f"f:{self.target}"].to_numpy(), self.series_ids(frame)
+        series, ids = frame["target"].to_numpy(), self.series_ids(frame)
         targets = future(series, ids, self.horizon)
-        first, last = self.target_times(frame)
-        in_train = (last < np.datetime64(val)) & np.isfinite(targets).all(1)
-        if self.train_start is not None:
-            in_train &= first >= np.datetime64(self.train_start)
+        in_train, target_spans = np.isfinite(targets).all(1), []
+        for a in range(0, len(frame), TIME_CHUNK):  # target times a block at a time, not of the file's size
+            rows = np.arange(a, min(a + TIME_CHUNK, len(frame)))
+            first, last = self.end_times(frame, rows, ids)
+            chosen = in_train[rows] & (last < np.datetime64(val))
+            if self.train_start is not None:
+                chosen &= first >= np.datetime64(self.train_start)
+            in_train[rows] = chosen
+            if chosen.any():
+                target_spans.append((first[chosen].min(), last[chosen].max()))
         stats["baselines"] = baselines.fit(series, ids, targets, in_train, self.target, gather)
         # GARCH, EWMA, empirical quantiles: from training rows' returns and training targets only.
         # Not with shard_by_rank: quantiles of every rank's training targets do not combine exactly.
@@ -567,19 +614,20 @@ class PriceDataModule(ForecastData):
             raise ForecastingError(f"{self.path}: no training rows to fit the scaler; move data.val_start later")
         scaler_days = (min(s[0] for s in spans), max(s[1] for s in spans))
         stats["ranges"] = {"scaler": [pd.Timestamp(d).isoformat() for d in scaler_days]}
-        days = [(first[in_train].min(), last[in_train].max()) if in_train.any() else None]
+        days = [(min(d[0] for d in target_spans), max(d[1] for d in target_spans)) if target_spans else None]
         days = [d for d in (gather(days[0]) if gather else days) if d is not None]
         if days:  # the target times the baselines (training mean, HAR) were fitted on
             span = (min(d[0] for d in days), max(d[1] for d in days))
             stats["ranges"]["baselines"] = [pd.Timestamp(d).isoformat() for d in span]
+        source.release()
         return stats
 
     def returns(self, frame: pd.DataFrame) -> np.ndarray | None:
         """Each row's log return (the risk baselines' input: load() computes it whenever close prices
         are read), or None without close prices."""
-        if "f:log_return" not in frame:
-            return None
-        return frame["f:log_return"].to_numpy()  # float32 as a feature: each ticker's taken as float64
+        if self.target == "log_return":
+            return frame["target"].to_numpy()  # the target: float64
+        return frame["f:log_return"].to_numpy() if "f:log_return" in frame else None  # float32: taken as float64
 
     @staticmethod
     def series_ids(frame: pd.DataFrame) -> np.ndarray:
@@ -594,10 +642,28 @@ class PriceDataModule(ForecastData):
         return ids
 
     # ---------------------------------------------------------------- tensors
+    def inputs(self, frame: pd.DataFrame) -> np.ndarray:
+        """The (rows, F) float32 matrix of the frame's features, unscaled. load() builds the frame's
+        feature columns as views of one such matrix: that matrix itself, no copy; a frame made
+        otherwise (a selection of rows, your own) is copied into a new one."""
+        columns = [frame[f"f:{n}"].to_numpy() for n in self.features]
+        matrix = columns[0].base
+        shape, step = (len(frame), len(self.features)), len(self.features) * 4
+        if (
+            isinstance(matrix, np.ndarray) and matrix.shape == shape and matrix.dtype == np.float32
+            and matrix.flags.c_contiguous and matrix.flags.writeable
+            and all(c.strides == (step,) and c.ctypes.data == matrix.ctypes.data + 4 * j for j, c in enumerate(columns))
+        ):  # fmt: skip
+            return matrix
+        matrix = np.empty(shape, dtype=np.float32)
+        for j, column in enumerate(columns):
+            matrix[:, j] = column
+        return matrix
+
     def tensors(self, frame: pd.DataFrame):
-        """Per row: scaled inputs (rows, F), scaled targets (rows, H), target loc and scale, ticker id,
-        and each baseline's forecast (rows, H) in original units. Built column by column into float32:
-        nothing of size rows x features in float64 exists at any time."""
+        """Per row: the inputs (rows, F) unscaled (the frame's own matrix) with the `RowScaler` that
+        scales them batch by batch, scaled targets (rows, H), target loc and scale, ticker id, and
+        each baseline's forecast (rows, H) in original units: one copy of the features, in float32."""
         if self.stats is None:
             raise ForecastingError("predict on data.predict_path needs a trained model: pass --ckpt_path")
         if self.stats["features"] != self.features or self.stats["target"] != self.target:
@@ -608,25 +674,25 @@ class PriceDataModule(ForecastData):
         n = len(frame)
         center, scale = np.asarray(self.stats["center"]), np.asarray(self.stats["scale"])
         t_center, t_scale = np.asarray(self.stats["target_center"]), np.asarray(self.stats["target_scale"])
+        series = self.series_ids(frame)
         if self.stats["tickers"] == ["*"]:
             group = None
             t_loc = torch.tensor(t_center, dtype=torch.float32).expand(n)  # one value, no copy per row
             t_scl = torch.tensor(t_scale, dtype=torch.float32).expand(n)
+            scaler = RowScaler(center, scale)
         else:
             known = {t: i for i, t in enumerate(self.stats["tickers"])}
             unknown = sorted(set(frame["ticker"].cat.categories) - set(known))
             if unknown:
                 raise ForecastingError(f"tickers {unknown} were not in training; scale_per_ticker needs known tickers")
-            categories = frame["ticker"].cat.categories
-            group = np.array([known[t] for t in categories], dtype=np.int64)[frame["ticker"].cat.codes.to_numpy()]
+            starts = np.flatnonzero(np.r_[True, series[1:] != series[:-1]]) if n else np.zeros(0, np.int64)
+            series_group = np.array([known[t] for t in frame["ticker"].to_numpy()[starts]], dtype=np.int64)
+            group = series_group[series]
             t_loc = torch.from_numpy(t_center[group].astype(np.float32))
             t_scl = torch.from_numpy(t_scale[group].astype(np.float32))
-        x = np.empty((n, len(self.features)), dtype=np.float32)
-        for j, name in enumerate(self.features):
-            c, s = (center[0, j], scale[0, j]) if group is None else (center[group, j], scale[group, j])
-            x[:, j] = (frame[f"f:{name}"].to_numpy().astype(np.float64, copy=False) - c) / s
-        series = self.series_ids(frame)
-        raw = frame[f"f:{self.target}"].to_numpy()
+            scaler = RowScaler(center, scale, torch.from_numpy(series), torch.from_numpy(series_group))
+        x = torch.from_numpy(self.inputs(frame))
+        raw = frame["target"].to_numpy()
         loc, scl = (t_center[0], t_scale[0]) if group is None else (t_center[group], t_scale[group])
         y = np.full((n, self.horizon), np.nan, dtype=np.float32)
         for h in range(1, self.horizon + 1):  # future(), one horizon at a time, in place
@@ -652,7 +718,7 @@ class PriceDataModule(ForecastData):
 
         base.update({name: f32(b) for name, b in point.items()})
         risk = {name: f32(b) for name, b in risk.items()}
-        return torch.from_numpy(x), torch.from_numpy(y), t_loc, t_scl, torch.from_numpy(series), base, risk
+        return x, torch.from_numpy(y), t_loc, t_scl, torch.from_numpy(series), base, risk, scaler
 
     def target_times(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Date of the first and last target day of the sample ending on each row (NaT if none)."""
@@ -683,10 +749,11 @@ class PriceDataModule(ForecastData):
             self.setup(stage)
         frame = self.frames[which]
         if which not in self._tensors:  # train, val and test share one copy of the rows
-            x, y, t_loc, t_scale, series, base, risk = self.tensors(frame)
+            x, y, t_loc, t_scale, series, base, risk, scaler = self.tensors(frame)
             ends = window_ends(series, x, self.window)
-            self._tensors[which] = (x, y, t_loc, t_scale, base, risk, ends, series)
-        x, y, t_loc, t_scale, base, risk, ends, series = self._tensors[which]
+            self._tensors[which] = (x, y, t_loc, t_scale, base, risk, ends, series, scaler)
+            source.release()
+        x, y, t_loc, t_scale, base, risk, ends, series, scaler = self._tensors[which]
         keep = None
         if stage != "predict":
             val, test = (np.datetime64(pd.Timestamp(d)) for d in (self.stats["val_start"], self.stats["test_start"]))
@@ -721,11 +788,11 @@ class PriceDataModule(ForecastData):
         if self.mode == "stream":
             data = (x, y, t_loc, t_scale, series, ends, base, risk)
             times = (first, last) if stage != "predict" else (None, None)
-            self._datasets[stage] = self.stream_dataset(stage, *data, keep, *times)
+            self._datasets[stage] = self.stream_dataset(stage, *data, keep, *times, scaler)
             return self._datasets[stage]
         dense = self.dense_targets and stage == "train"
         self._datasets[stage] = WindowDataset(
-            x, y, t_loc, t_scale, ends, self.window, dense=dense, baselines=base, risk_baselines=risk
+            x, y, t_loc, t_scale, ends, self.window, dense=dense, baselines=base, risk_baselines=risk, scaler=scaler
         )
         return self._datasets[stage]
 
@@ -740,12 +807,12 @@ class PriceDataModule(ForecastData):
             keep &= last < hi
         return keep
 
-    def stream_dataset(self, stage, x, y, t_loc, t_scale, series, ends, base, risk, keep, first, last):
+    def stream_dataset(self, stage, x, y, t_loc, t_scale, series, ends, base, risk, keep, first, last, scaler=None):
         """Stream mode (stream.py): training rows laid out as lanes; val/test/predict as whole series
         scoring the same rows `ends` as windowed mode."""
         bad = torch.isnan(x).any(1)
         if stage != "train":
-            return stream.eval_streams(x, y, t_loc, t_scale, series, bad, ends, base, risk)
+            return stream.eval_streams(x, y, t_loc, t_scale, series, bad, ends, base, risk, scaler)
         # Every clean row whose target is a training target: windowed mode's training rows, and
         # also the first window - 1 rows of each series, which windows cannot end on.
         rows = torch.from_numpy(keep) & ~bad & ~torch.isnan(y).any(1)
@@ -754,7 +821,7 @@ class PriceDataModule(ForecastData):
             days = (pd.Timestamp(first[rows.numpy()].min()), pd.Timestamp(last[rows.numpy()].max()))
             self.stats["ranges"]["train_targets"] = [d.isoformat() for d in days]
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        return stream.StreamDataset(x, y, t_loc, t_scale, pieces, self.tbptt_steps, self.batch_size, seed)
+        return stream.StreamDataset(x, y, t_loc, t_scale, pieces, self.tbptt_steps, self.batch_size, seed, scaler)
 
     def train_dataloader(self):
         if self.mode != "stream":

@@ -16,6 +16,7 @@ unless `date_format` says how to read them ("%Y%m%d", epoch_s, epoch_ms).
 import difflib
 import gzip
 import re
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,11 +44,13 @@ def read_table(
     text_columns: tuple[str, ...] = (),
     cache_dir: str | Path | None = None,
     tickers: tuple | None = None,
+    narrow: tuple[str, ...] = (),
 ) -> tuple[pd.DataFrame, list[str], np.ndarray | None, source.CsvCache | None]:
     """The named `columns` (all if None) of a CSV, a Parquet file or a folder of Parquet files, with
     `text_columns` as Categoricals; see source.py. Returns the frame, the file's column names, each
     row's position in the file (None: all rows, in order) and the pending CSV cache (or None).
-    `tickers`: (column, names): read only those tickers' rows."""
+    `tickers`: (column, names): read only those tickers' rows. `narrow`: float columns of a Parquet
+    source to read as float32 (source.read_parquet)."""
     path = Path(path)
     if path.is_dir() and not source.parquet_files(path):
         raise ForecastingError(
@@ -60,11 +63,11 @@ def read_table(
     cache = None
     try:
         if suffix in PARQUET_SUFFIXES:
-            frame, names, positions = source.read_parquet(path, columns, text_columns, tickers)
+            frame, names, positions = source.read_parquet(path, columns, text_columns, tickers, narrow)
         elif suffix in CSV_SUFFIXES:
             cached = source.cache_path(path, Path(cache_dir), text_columns) if cache_dir is not None else None
             if cached is not None and cached.is_file():
-                frame, names, positions = source.read_parquet(cached, columns, text_columns, tickers)
+                frame, names, positions = source.read_parquet(cached, columns, text_columns, tickers, narrow)
             else:
                 # No NaN guessing: an empty or "n/a" cell stays text and is reported with its line.
                 # Ticker names read as text: "01", "1" and "1.0" are three tickers, not one number.
@@ -212,17 +215,21 @@ MISSING_TEXT = {"", "na", "n/a", "nan", "null", "none", "inf", "-inf", "+inf", "
 MISSING_POLICIES = ("error", "ffill", "drop")
 
 
-def parse_numbers(values: pd.Series, column: str, path: Path, missing: str = "error", line=None) -> np.ndarray:
+def parse_numbers(
+    values: pd.Series, column: str, path: Path, missing: str = "error", line=None, float32: bool = False
+) -> np.ndarray:
     """Floats, with NaN where a cell is empty, NaN or infinite (an error unless `missing` allows it).
-    `line`: each value's position in the file (default: its index). May be a read-only view of `values`."""
+    `line`: each value's position in the file (default: its index). May be a read-only view of `values`.
+    `float32`: float32 values stay float32 (else: float64)."""
     line = np.arange(len(values)) if line is None else line
     if pd.api.types.is_bool_dtype(values):
         raise ForecastingError(f"{path}: column '{column}' holds true/false values, not numbers; check data.columns")
-    if values.dtype == np.float64:  # already floats: a view, no copy (pd.to_numeric would copy)
+    floats = values.dtype == np.float64 or (float32 and values.dtype == np.float32)
+    if floats:  # already floats: a view, no copy (pd.to_numeric would copy)
         numbers = values.to_numpy()
     else:
         numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
-    absent = ~np.isfinite(numbers) if values.dtype == np.float64 else values.isna().to_numpy() | np.isinf(numbers)
+    absent = ~np.isfinite(numbers) if floats else values.isna().to_numpy() | np.isinf(numbers)
     if not pd.api.types.is_numeric_dtype(values):
         absent |= values.astype(str).str.strip().str.lower().isin(MISSING_TEXT).to_numpy()
     garbage = np.flatnonzero(~np.isfinite(numbers) & ~absent)
@@ -291,15 +298,8 @@ def bad_rows(
             flag(outside, f"column '{columns['close']}': close outside [low, high]")
             del outside
     if max_flat_rows and "close" in columns:
-        close, ticker = out["close"], out["ticker"]
-        same = np.r_[False, (close[1:] == close[:-1]) & (ticker[1:] == ticker[:-1])]
-        run = np.cumsum(~same, dtype=np.int64 if n >= 2**31 else np.int32)  # one id per run of equal closes
-        long_run = np.bincount(run) >= max_flat_rows  # within a ticker
-        # A run of max_flat_rows or more equal closes: every row after its first is suspect.
-        flat = same & long_run[run]
-        del run, long_run
         flag(
-            flat,
+            flat_runs(out["close"], out["ticker"], max_flat_rows),
             f"column '{columns['close']}': close unchanged for {max_flat_rows} or more rows "
             "(data.max_flat_rows; null turns this check off)",
         )
@@ -311,6 +311,22 @@ def bad_rows(
         return text.format(v=values[i]) if values is not None else text
 
     return which != 0, reason
+
+
+def flat_runs(close: np.ndarray, ticker: np.ndarray, length: int) -> np.ndarray:
+    """Rows after the first of a run of `length` or more equal closes within a ticker (a boolean mask).
+    A block at a time with `length` rows of overlap each side: a run that leaves the widened block
+    already spans more than `length` rows inside it, so each block's own rows are judged right."""
+    n = len(close)
+    out = np.zeros(n, dtype=bool)
+    for a in range(0, n, CHECK_ROWS):
+        lo, hi = max(a - length, 0), min(a + CHECK_ROWS + length, n)
+        c, t = close[lo:hi], ticker[lo:hi]
+        same = np.r_[False, (c[1:] == c[:-1]) & (t[1:] == t[:-1])]
+        run = np.cumsum(~same, dtype=np.int32)  # one id per run of equal closes in the block
+        flat = same & (np.bincount(run) >= length)[run]
+        out[a : min(a + CHECK_ROWS, n)] = flat[a - lo : a - lo + min(CHECK_ROWS, n - a)]
+    return out
 
 
 def _any_nan(arrays) -> np.ndarray:
@@ -335,6 +351,7 @@ def read_prices(
     cache_dir: str | Path | None = None,
     tickers: list | None = None,
     pending: list | None = None,
+    narrow: tuple[str, ...] = (),
 ) -> pd.DataFrame:
     """Read and validate a long-format price file.
 
@@ -351,21 +368,26 @@ def read_prices(
     `report`: filled with a per-ticker data-quality summary (quality_report()).
     `cache_dir`: where a CSV's Parquet cache goes (source.py; None: no cache). `tickers`: read
     only these tickers' rows. `pending`: a list that receives the CSV cache to `commit()` once the
-    caller's own checks pass (None: committed here).
+    caller's own checks pass (None: committed here). `narrow`: names (not prices or volume) returned
+    as float32 right after their own checks (a column only used raw as a float32 feature: half the
+    memory while the rest is checked).
     """
     path = Path(path)
     numeric = {**columns, **({"_adjust": adjust_column} if adjust_column else {})}
     wanted = [time_column, *([ticker_column] if ticker_column else []), *numeric.values()]
     only = (ticker_column, list(tickers)) if tickers is not None and ticker_column else None
+    narrow = set(narrow) - {*PRICE_COLUMNS, "volume", "_adjust"}  # the row checks read those in float64
+    uses = Counter([time_column, ticker_column, *numeric.values()])
+    narrow = {n for n in narrow if n in numeric and uses[numeric[n]] == 1}  # its file column is its alone
     frame, names, positions, cache = read_table(
-        path, wanted, (ticker_column,) if ticker_column else (), cache_dir, only
+        path, wanted, (ticker_column,) if ticker_column else (), cache_dir, only, tuple(numeric[n] for n in narrow)
     )  # fmt: skip
     box = [frame]  # _validate takes the frame out: its raw columns are freed as soon as they are parsed
     del frame
     try:
         out = _validate(
             path, box, names, positions, time_column, ticker_column, columns, adjust_column, date_format,
-            missing, timezone, bad_values, max_flat_rows, report,
+            missing, timezone, bad_values, max_flat_rows, report, narrow,
         )  # fmt: skip
     except BaseException:
         if cache is not None:
@@ -378,7 +400,7 @@ def read_prices(
 
 def _validate(
     path, box, names, positions, time_column, ticker_column, columns, adjust_column, date_format,
-    missing, timezone, bad_values, max_flat_rows, report,
+    missing, timezone, bad_values, max_flat_rows, report, narrow=(),
 ) -> pd.DataFrame:  # fmt: skip
     frame = box.pop()  # the only reference: each raw column is dropped once parsed
     require_column(names, time_column, "data.time_column", path)
@@ -395,6 +417,7 @@ def _validate(
     time = parse_times(frame[time_column], time_column, path, date_format, timezone, line).to_numpy()
     if time_column not in (ticker_column, *columns.values(), adjust_column):
         frame = frame.drop(columns=[time_column])  # the file's times: parsed, no longer needed
+        source.release()
     if ticker_column:
         raw = frame[ticker_column]
         if not isinstance(raw.dtype, pd.CategoricalDtype):
@@ -414,14 +437,24 @@ def _validate(
                 f"{path}: {where(path, int(line[i]))}, column '{ticker_column}': empty ticker name {value!r}; "
                 "name every row's ticker, or set data.ticker_column: null for a file holding one series"
             )
-        codes = remap[raw_codes].astype(np.int32)
+        codes = remap[raw_codes]  # int32, as remap
         del raw, raw_codes
         if ticker_column not in (*columns.values(), adjust_column):
             frame = frame.drop(columns=[ticker_column])
+            source.release()
     else:
         labels, codes = np.array(["series"], dtype=object), np.zeros(n, dtype=np.int32)
     numeric = {**columns, **({"_adjust": adjust_column} if adjust_column else {})}
-    values = {name: parse_numbers(frame[column], column, path, missing, line) for name, column in numeric.items()}
+    left = Counter(numeric.values())  # names still to parse per file column
+    values = {}
+    for name, column in numeric.items():
+        left[column] -= 1
+        raw = frame[column] if left[column] else frame.pop(column)  # popped: freed once parsed
+        values[name] = parse_numbers(raw, column, path, missing, line, float32=name in narrow)
+        del raw
+        if name in narrow and values[name].dtype != np.float32:  # a CSV's column, or too big for float32
+            values[name] = values[name].astype(np.float32)
+            source.release()  # the float64 column, if Arrow held it
     del frame  # the file's columns: only parsed copies (or views) live on
 
     # Sort by (ticker, time), stable; most files already are, and then nothing moves.
@@ -482,10 +515,12 @@ def _validate(
 def summarise(time, codes, labels, absent, flagged, reason, filled, dropped, first: int = 3) -> dict:
     """Per ticker (rows sorted by ticker): rows read, cells missing, rows flagged, filled and dropped,
     and the first issues."""
-    present = np.unique(codes)
-    counts = {k: np.bincount(codes, weights=v, minlength=len(labels)) for k, v in
+    counts = {k: np.bincount(codes[v], minlength=len(labels)) for k, v in
               {"missing": absent, "flagged": flagged, "filled": filled, "dropped": dropped}.items()}  # fmt: skip
-    rows = np.bincount(codes, minlength=len(labels))
+    rows = np.zeros(len(labels), dtype=np.int64)
+    for a in range(0, len(codes), CHECK_ROWS):  # bincount takes int64: a block at a time
+        rows += np.bincount(codes[a : a + CHECK_ROWS], minlength=len(labels))
+    present = np.flatnonzero(rows)
     issues: dict[int, list[str]] = {}
     for i in np.flatnonzero(flagged | absent):
         found = issues.setdefault(int(codes[i]), [])

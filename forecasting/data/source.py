@@ -12,6 +12,7 @@ validation (`commit()`), so a refused run leaves nothing behind. Editing the CSV
 mtime, hence the name: a stale cache is never read (old ones stay until you delete `cache_dir`).
 """
 
+import ctypes
 import hashlib
 import os
 from pathlib import Path
@@ -36,13 +37,18 @@ def dataset(path: Path) -> ds.Dataset:
 
 
 def read_parquet(
-    path: Path, columns: list[str] | None, text_columns: tuple[str, ...] = (), tickers: tuple | None = None
+    path: Path,
+    columns: list[str] | None,
+    text_columns: tuple[str, ...] = (),
+    tickers: tuple | None = None,
+    narrow: tuple[str, ...] = (),
 ) -> tuple[pd.DataFrame, list[str], np.ndarray | None]:
     """The named columns (all if None) of a Parquet file or folder, text columns as Categoricals;
     the file's column names; the rows' positions in the file (None: all rows, in order).
 
     `tickers`: (column, names) reads only rows whose column, as stripped text, is one of `names`
-    (a hive folder by ticker then opens only those tickers' files)."""
+    (a hive folder by ticker then opens only those tickers' files). `narrow`: float64 columns to
+    hand over as float32 (half the memory), unless a finite value is beyond float32's range."""
     data = dataset(path)
     names = data.schema.names
     wanted = names if columns is None else [c for c in dict.fromkeys(columns) if c in names]
@@ -66,46 +72,126 @@ def read_parquet(
             positions = np.flatnonzero(selected(tickers).fill_null(False).to_numpy(zero_copy_only=False))
             distinct = pc.unique(tickers).drop_null()
         row_filter = pc.field(column).isin(distinct.filter(selected(distinct)))
-    read = lambda name: data.to_table(columns=[name], filter=row_filter).column(0)  # noqa: E731
-    if row_filter is not None and path.is_file():
-        # One file: read only the row groups holding chosen rows, then take those rows (a file sorted
-        # by ticker puts each rank's tickers in its own row groups; a filter would decode every one).
-        read = row_groups(pq.ParquetFile(str(path)), positions)
-    # One column at a time: Arrow's decoding buffers for one column, not for the whole file, exist at
-    # once next to the frame (Arrow's allocator keeps freed memory for reuse, so they set the peak).
+    if path.is_file():
+        # One file: a row group at a time, and only those holding chosen rows (a file sorted by ticker
+        # puts each rank's tickers in their own row groups; a filter would decode every one).
+        parts = RowGroups(pq.ParquetFile(str(path)), positions)
+    else:
+        parts = Batches(data, row_filter)
+    total = len(positions) if positions is not None else data.count_rows()
+    # One column at a time; float and time columns are copied a row group (or batch) at a time into
+    # one NumPy array, so Arrow's decoding buffers for a whole column never exist next to it.
     series = {}
     for name in wanted:
-        column = read(name)
-        if name in text_columns and not pa.types.is_dictionary(column.type):
-            column = pc.dictionary_encode(column)
-        series[name] = column.to_pandas()
-        del column
+        kind = data.schema.field(name).type
+        values = None
+        if pa.types.is_floating(kind) or (pa.types.is_timestamp(kind) and kind.tz is None):
+            values = fill(parts.chunks(name), total, name in narrow and pa.types.is_float64(kind))
+        if values is not None:
+            series[name] = pd.Series(values, copy=False)
+        else:  # text, integers, zoned times, or too big for float32: Arrow's conversion of the whole column
+            column = parts.column(name)
+            if name in text_columns and not pa.types.is_dictionary(column.type):
+                column = pc.dictionary_encode(column)
+            series[name] = column.to_pandas()
+            del column
         release()  # this column's decoding buffers, before the next column's
     frame = pd.DataFrame(series, copy=False)
     release()
     return frame, list(names), positions
 
 
-def row_groups(file: pq.ParquetFile, positions: np.ndarray):
-    """A reader of column `name` at rows `positions` (sorted) of `file`: only the row groups holding
-    them are decoded."""
-    sizes = np.array([file.metadata.row_group(i).num_rows for i in range(file.num_row_groups)], dtype=np.int64)
-    offsets = np.r_[0, np.cumsum(sizes)]
-    group = np.searchsorted(offsets, positions, side="right") - 1
-    groups = np.unique(group)
-    first = np.r_[0, np.cumsum(sizes[groups])][np.searchsorted(groups, group)]  # each group's first row, as read
-    take = pa.array(positions - offsets[group] + first, type=pa.int64())
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
-    def read(name: str):
-        return file.read_row_groups(groups.tolist(), columns=[name]).column(0).take(take)
 
-    return read
+def fill(chunks, total: int, float32: bool) -> np.ndarray | None:
+    """The column whose pieces `chunks` yields (Arrow arrays, each with the indices of the rows to
+    keep or None) as one NumPy array of `total` rows; nulls as NaN / NaT. `float32`: float64 values
+    stored as float32 (None if a finite value would overflow: NaN and infinities stay what they are,
+    missing values for the checks)."""
+    out, a = None, 0
+    for chunk, keep in chunks:
+        values = chunk.to_numpy(zero_copy_only=False)
+        if keep is not None:
+            values = values[keep]
+        if float32 and (np.abs(values[np.isfinite(values)]) > FLOAT32_MAX).any():
+            return None
+        if out is None:
+            out = np.empty(total, dtype=np.float32 if float32 else values.dtype)
+        out[a : a + len(values)] = values
+        a += len(values)
+    if out is None or a != total:
+        return None  # nothing read, or not the rows counted: Arrow's own conversion decides
+    return out
+
+
+class Batches:
+    """A column of a dataset (a folder, with an optional row filter): as pieces of one row group
+    each, in the dataset's order, or as one column."""
+
+    def __init__(self, data: ds.Dataset, row_filter):
+        self.data, self.row_filter = data, row_filter
+
+    def chunks(self, name: str):
+        for fragment in self.data.get_fragments(filter=self.row_filter):
+            for piece in fragment.split_by_row_group(filter=self.row_filter, schema=self.data.schema):
+                table = piece.to_table(schema=self.data.schema, columns=[name], filter=self.row_filter)
+                yield table.column(0), None
+
+    def column(self, name: str) -> pa.ChunkedArray:
+        return self.data.to_table(columns=[name], filter=self.row_filter).column(0)
+
+
+class RowGroups:
+    """A column of `file` at rows `positions` (sorted; None: every row), a row group at a time:
+    only the row groups holding them are decoded."""
+
+    def __init__(self, file: pq.ParquetFile, positions: np.ndarray | None):
+        sizes = [file.metadata.row_group(i).num_rows for i in range(file.num_row_groups)]
+        self.file, self.offsets = file, np.r_[0, np.cumsum(sizes, dtype=np.int64)]
+        self.positions, self.every = positions, positions is None
+        # positions[bounds[g]:bounds[g + 1]] lie in group g
+        bounds = self.offsets if self.every else np.searchsorted(positions, self.offsets)
+        self.groups = [(g, int(bounds[g]), int(bounds[g + 1])) for g in range(len(sizes)) if bounds[g + 1] > bounds[g]]
+
+    def chunks(self, name: str):
+        for g, lo, hi in self.groups:
+            keep = None
+            if not self.every:
+                local = self.positions[lo:hi] - self.offsets[g]
+                whole = local[-1] - local[0] + 1 == len(local)  # one run of rows: a slice, no gather
+                keep = slice(int(local[0]), int(local[-1]) + 1) if whole else local
+            yield self.file.read_row_group(g, columns=[name]).column(0), keep
+
+    def column(self, name: str) -> pa.ChunkedArray:
+        if self.every:
+            return self.file.read(columns=[name]).column(0)
+        groups = [g for g, _, _ in self.groups]
+        starts = np.r_[0, np.cumsum(np.diff(self.offsets)[groups])]  # each chosen group's first row, as read
+        take = np.concatenate(
+            [self.positions[lo:hi] - self.offsets[g] + starts[k] for k, (g, lo, hi) in enumerate(self.groups)]
+        )
+        return self.file.read_row_groups(groups, columns=[name]).column(0).take(pa.array(take, type=pa.int64()))
 
 
 def release() -> None:
     """Hand memory Arrow keeps cached for reuse back to the system (the file's columns, once freed,
-    would otherwise stay resident for the whole run)."""
+    would otherwise stay resident for the whole run), and so does glibc's malloc: block-sized
+    temporaries (below its mmap threshold) leave freed pages in its heap, resident and too
+    fragmented for the next file-sized array."""
     pa.default_memory_pool().release_unused()
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def _libc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _libc_trim()
 
 
 def cache_path(path: Path, cache_dir: Path, text_columns: tuple[str, ...]) -> Path:

@@ -40,8 +40,11 @@ class StreamDataset(Dataset):
     """Training batches of stream mode. Item s is batch s of the epoch set by `set_epoch`, for
     this rank's lanes (`shard`). See the module docstring."""
 
-    def __init__(self, features, targets, target_loc, target_scale, pieces, k: int, lanes: int, seed: int = 0):
+    def __init__(
+        self, features, targets, target_loc, target_scale, pieces, k: int, lanes: int, seed: int = 0, scaler=None
+    ):
         self.x, self.y, self.loc, self.scale = features, targets, target_loc, target_scale
+        self.scaler = scaler  # windows.RowScaler: features are scaled as they are gathered (None: as they are)
         self.pieces, self.k, self.seed = [(s, n) for s, n in pieces if n > 0], k, seed
         self.max_chunks = sum(-(-n // k) for _, n in self.pieces)  # with no rows dropped: the most an epoch has
         self.lanes = max(1, min(lanes, self.max_chunks))
@@ -95,7 +98,8 @@ class StreamDataset(Dataset):
         real = offset[None, :] < length[:, None]
         rows = (start[:, None] + offset[None, :]).clamp(max=len(self.x) - 1)
         rows = torch.where(real, rows, 0)
-        x = torch.where(real[..., None], self.x[rows], 0.0)  # padding: zeros (row 0 may hold NaN)
+        x = self.x[rows] if self.scaler is None else self.scaler(self.x[rows], rows)
+        x = torch.where(real[..., None], x, 0.0)  # padding: zeros (row 0 may hold NaN)
         y = torch.where(real[..., None], self.y[rows], 0.0)
         last = rows.gather(1, (length - 1).clamp(min=0)[:, None])[:, 0]
         return {
@@ -138,8 +142,11 @@ class EvalStreams(Dataset):
     """val/test/predict in stream mode: item i is series i, run from `starts[i]` to its last
     scored row; `ends[i]` (kept as `scored`) are its scored rows, the ones windowed mode scores."""
 
-    def __init__(self, features, targets, target_loc, target_scale, starts, ends, baselines=None, risk=None):
+    def __init__(
+        self, features, targets, target_loc, target_scale, starts, ends, baselines=None, risk=None, scaler=None
+    ):
         self.x, self.y, self.loc, self.scale = features, targets, target_loc, target_scale
+        self.scaler = scaler  # windows.RowScaler (None: features as they are)
         self.starts, self.scored = starts, ends
         self.baselines, self.risk_baselines = baselines or {}, risk or {}
 
@@ -157,7 +164,8 @@ class EvalStreams(Dataset):
         x = torch.zeros(len(indices), max(lengths), self.x.shape[1])  # right-padded: no effect on earlier steps
         at, rows = [], []
         for lane, (i, n) in enumerate(zip(indices, lengths, strict=True)):
-            x[lane, :n] = self.x[self.starts[i] : self.starts[i] + n]
+            run = self.x[self.starts[i] : self.starts[i] + n]  # one clean run of one series
+            x[lane, :n] = run if self.scaler is None else self.scaler(run, torch.tensor([self.starts[i]]))
             rows.append(self.scored[i])
             at.append(torch.stack([torch.full_like(self.scored[i], lane), self.scored[i] - self.starts[i]], 1))
         rows = torch.cat(rows)
@@ -173,15 +181,17 @@ class EvalStreams(Dataset):
         }
 
 
-def eval_streams(features, targets, loc, scale, series, bad, ends, baselines=None, risk=None) -> EvalStreams:
+def eval_streams(
+    features, targets, loc, scale, series, bad, ends, baselines=None, risk=None, scaler=None
+) -> EvalStreams:
     """Group the scored rows `ends` by the clean run they lie in (see `runs`)."""
     starts, grouped = [], []
     for start, n in runs(series, ~bad):
-        inside = ends[(ends >= start) & (ends < start + n)]
+        inside = ends[(ends >= start) & (ends < start + n)].long()
         if len(inside):
             starts.append(start)
             grouped.append(inside)
-    return EvalStreams(features, targets, loc, scale, starts, grouped, baselines, risk)
+    return EvalStreams(features, targets, loc, scale, starts, grouped, baselines, risk, scaler)
 
 
 def scored(out: torch.Tensor, batch: dict) -> torch.Tensor:

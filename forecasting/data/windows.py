@@ -1,10 +1,12 @@
 """Zero-copy sliding windows over one contiguous tensor holding every series.
 
-All tickers are stacked row-wise into one (rows, features) float32 tensor. A
-window is a strided view of it (no copy); a batch is gathered from that view in
-one indexing call. Memory stays O(rows x features), never O(rows x window).
+All tickers are stacked row-wise into one (rows, features) float32 tensor of unscaled
+features (the data module's frame shares it). A window is a strided view of it (no
+copy); a batch is gathered from that view in one indexing call and scaled there
+(`RowScaler`). Memory stays one copy of the rows, never O(rows x window).
 """
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -12,6 +14,27 @@ from torch.utils.data import Dataset
 def window_view(values: torch.Tensor, window: int) -> torch.Tensor:
     """(rows, F) -> (rows - window + 1, window, F) view; view[s] covers rows s..s+window-1."""
     return values.unfold(0, window, 1).transpose(1, 2)
+
+
+class RowScaler:
+    """(x - center) / scale of gathered rows, computed in float64 and returned as float32: the
+    values a scaled copy of every row would hold, made batch by batch instead of once for the file.
+    center, scale: (groups, F); one group (one scaler for all), or one per ticker, each row's group
+    being `series_group[series[row]]`."""
+
+    def __init__(self, center, scale, series: torch.Tensor | None = None, series_group: torch.Tensor | None = None):
+        self.center = torch.as_tensor(np.asarray(center, dtype=np.float64))
+        self.scale = torch.as_tensor(np.asarray(scale, dtype=np.float64))
+        self.series, self.series_group = series, series_group
+
+    def __call__(self, values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """values (..., F) gathered at `rows` (broadcastable to values.shape[:-1]): scaled."""
+        if self.series is None:
+            center, scale = self.center[0], self.scale[0]
+        else:
+            group = self.series_group[self.series[rows.long()].long()]
+            center, scale = self.center[group], self.scale[group]
+        return ((values.double() - center) / scale).float()
 
 
 def valid_ends(series_id: torch.Tensor, bad: torch.Tensor, window: int) -> torch.Tensor:
@@ -29,7 +52,7 @@ def valid_ends(series_id: torch.Tensor, bad: torch.Tensor, window: int) -> torch
 class WindowDataset(Dataset):
     """Windows ending at `ends`; `__getitems__` fetches a whole batch in one gather.
 
-    features: (rows, F) scaled inputs.  targets: (rows, H) scaled targets, row t
+    features: (rows, F) inputs, scaled batch by batch by `scaler` (a RowScaler; None: as they are).  targets: (rows, H) scaled targets, row t
     holding the H values after day t (NaN where unknown).  target_loc/scale: (rows,)
     undo the target scaling.  baselines: name -> (rows, H) forecasts in original units
     (see baselines.py), carried so the model is scored against them on the same
@@ -39,9 +62,10 @@ class WindowDataset(Dataset):
 
     def __init__(
         self, features, targets, target_loc, target_scale, ends, window: int, dense: bool = False, baselines=None,
-        risk_baselines=None,
+        risk_baselines=None, scaler=None,
     ):  # fmt: skip
         self.x = window_view(features, window)
+        self.scaler = scaler
         self.y = window_view(targets, window) if dense else targets
         self.target_loc, self.target_scale = target_loc, target_scale
         self.ends, self.window, self.dense = ends, window, dense
@@ -52,10 +76,11 @@ class WindowDataset(Dataset):
         return len(self.ends)
 
     def __getitems__(self, indices) -> dict[str, torch.Tensor]:
-        end = self.ends[torch.as_tensor(indices, dtype=torch.long)]
+        end = self.ends[torch.as_tensor(indices, dtype=torch.long)].long()  # ends may be stored as int32
         start = end - (self.window - 1)
+        x = self.x[start]
         return {
-            "x": self.x[start],
+            "x": x if self.scaler is None else self.scaler(x, end[:, None]),
             "y": self.y[start] if self.dense else self.y[end],
             "y_loc": self.target_loc[end, None],
             "y_scale": self.target_scale[end, None],
