@@ -161,7 +161,9 @@ def parse_times(
         raise ForecastingError(f"{path}: column '{column}' holds true/false values, not times; check data.time_column")
     numeric = pd.api.types.is_numeric_dtype(values)
     try:
-        if date_format in EPOCH_UNITS:
+        if date_format is None and isinstance(values.dtype, np.dtype) and values.dtype.kind == "M":
+            times = values  # already naive times (a Parquet timestamp column): no copy
+        elif date_format in EPOCH_UNITS:
             numbers = pd.to_numeric(values, errors="coerce")
             times = pd.to_datetime(numbers, unit=EPOCH_UNITS[date_format], errors="coerce", utc=True)
         elif numeric and date_format is None:
