@@ -260,3 +260,82 @@ def test_checkpoint_statistics_replace_the_fitted_ones_as_a_fresh_build_with_the
         torch.testing.assert_close(inputs(a), inputs(b), rtol=0, atol=0)
         torch.testing.assert_close(a.y, b.y, rtol=0, atol=0, equal_nan=True)
     assert not torch.allclose(before, inputs(fitted.dataset("val")))
+
+
+def with_raw_column(tmp_path, name="raw.parquet", shuffle=False, **write):
+    """The synthetic prices plus a numeric column `x0` used raw as a feature."""
+    frame = make_prices(120, ("AAA", "BBB", "CCC"), seed=5)
+    frame["x0"] = np.random.default_rng(5).standard_normal(len(frame)) * 3 + 1
+    if shuffle:
+        frame = frame.sample(frac=1.0, random_state=1).reset_index(drop=True)
+    path = tmp_path / name
+    frame.to_parquet(path, **write)
+    return path, frame
+
+
+RAW = dict(columns={c: c for c in ("open", "high", "low", "close", "volume", "x0")},
+           features=["log_return", "gk_log_var", "x0"])  # fmt: skip
+
+
+@pytest.mark.parametrize("per_ticker", [False, True], ids=["one scaler", "per ticker"])
+def test_the_model_reads_the_frames_own_features_scaled_batch_by_batch(tmp_path, per_ticker):
+    path, _ = with_raw_column(tmp_path)
+    dm = PriceDataModule(**dm_kwargs(path, scale_per_ticker=per_ticker, **RAW))
+    dm.setup("fit")
+    train = dm.dataset("train")
+    frame, x = dm.frames["fit"], dm._tensors["fit"][0]
+    # one copy of the features: the frame's columns are views of the matrix the windows read
+    assert x.dtype == torch.float32 and x.shape == (len(frame), 3)
+    for j, name in enumerate(RAW["features"]):
+        column = frame[f"f:{name}"].to_numpy()
+        assert column.dtype == np.float32 and np.shares_memory(column, x.numpy())
+        np.testing.assert_array_equal(column, x.numpy()[:, j])
+    assert frame["target"].dtype == np.float64  # the target keeps full precision
+    # a batch holds exactly float32((x - center) / scale) of each window's ticker, in float64
+    batch = train.__getitems__(list(range(0, len(train), 7)))
+    tickers = list(dm.stats["tickers"])
+    for k, end in enumerate(batch["row"].tolist()):
+        rows = frame.iloc[end - dm.window + 1 : end + 1]
+        g = 0 if tickers == ["*"] else tickers.index(rows["ticker"].iloc[-1])
+        center, scale = np.asarray(dm.stats["center"][g]), np.asarray(dm.stats["scale"][g])
+        raw = rows[[f"f:{n}" for n in RAW["features"]]].to_numpy().astype(np.float64)
+        expected = ((raw - center) / scale).astype(np.float32)
+        np.testing.assert_array_equal(batch["x"][k].numpy(), expected)
+
+
+def test_a_raw_column_beyond_float32_is_refused_naming_its_row(tmp_path):
+    frame = make_prices(120, ("AAA", "BBB"), seed=5)
+    frame["x0"] = 1.0
+    frame.loc[150, "x0"] = 1e39  # a finite float64, infinite as the float32 feature
+    frame.to_parquet(tmp_path / "big.parquet")
+    dm = PriceDataModule(**dm_kwargs(tmp_path / "big.parquet", **RAW))
+    with pytest.raises(ForecastingError, match=r"row 151: transform 'x0' is not finite for ticker 'BBB'"):
+        dm.setup("fit")
+
+
+def test_flat_closes_judged_in_blocks_as_in_one_pass(monkeypatch):
+    from forecasting.data import io
+
+    rng = np.random.default_rng(0)
+    close = np.repeat(rng.integers(0, 3, 400).astype(float), rng.integers(1, 40, 400))  # runs of 1..39 rows
+    ticker = np.repeat(np.arange(7), -(-len(close) // 7))[: len(close)]  # tickers cut through some runs
+    same = np.r_[False, (close[1:] == close[:-1]) & (ticker[1:] == ticker[:-1])]
+    run = np.cumsum(~same)
+    expected = same & (np.bincount(run) >= 20)[run]  # the one-pass rule
+    monkeypatch.setattr(io, "CHECK_ROWS", 13)  # many blocks, most runs crossing one
+    got = io.flat_runs(close, ticker, 20)
+    assert expected.sum() > 50 and np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("shuffle", [False, True], ids=["sorted", "shuffled"])
+def test_row_groups_read_one_at_a_time_give_the_same_rows(tmp_path, shuffle):
+    one, _ = with_raw_column(tmp_path, "one.parquet", shuffle)
+    many, _ = with_raw_column(tmp_path, "many.parquet", shuffle, row_group_size=37)  # tickers straddle groups
+    for tickers in (None, ["BBB"], ["AAA", "CCC"]):
+        a = PriceDataModule(**dm_kwargs(one, tickers=tickers, **RAW))
+        b = PriceDataModule(**dm_kwargs(many, tickers=tickers, **RAW))
+        a.setup("fit")
+        b.setup("fit")
+        pd.testing.assert_frame_equal(a.frames["fit"], b.frames["fit"])
+        assert a.stats == b.stats
+        torch.testing.assert_close(inputs(a.dataset("val")), inputs(b.dataset("val")), rtol=0, atol=0)

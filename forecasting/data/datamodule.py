@@ -365,10 +365,10 @@ class PriceDataModule(ForecastData):
         while todo:
 
             def net(name):
-                needs = F.required_columns([name])
-                freed = [c for c in needs if c in raw and not any(c in F.required_columns([m]) for m in todo if m != name)]
-                out = 0 if raw.get(name) is not None and raw[name].dtype == np.float32 and name not in F.TRANSFORMS else 4
-                return sum(raw[c].itemsize for c in freed) - out
+                others = {c for m in todo if m != name for c in F.required_columns([m])}
+                freed = [c for c in F.required_columns([name]) if c in raw and c not in others]
+                as_read = name not in F.TRANSFORMS and name in raw and raw[name].dtype == np.float32  # no new array
+                return sum(raw[c].itemsize for c in freed) - (0 if as_read else 4)
 
             best = max(todo, key=lambda n: (net(n), -todo.index(n)))
             order.append(best)

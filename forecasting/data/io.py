@@ -455,7 +455,8 @@ def _validate(
         values[name] = parse_numbers(raw, column, path, missing, line, float32=name in narrow)
         del raw
         if name in narrow and values[name].dtype != np.float32:  # a CSV's column, or too big for float32
-            values[name] = values[name].astype(np.float32)
+            with np.errstate(over="ignore"):  # beyond float32: infinite, refused with its row by the data module
+                values[name] = values[name].astype(np.float32)
             source.release()  # the float64 column, if Arrow held it
     del frame  # the file's columns: only parsed copies (or views) live on
 

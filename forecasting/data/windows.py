@@ -52,12 +52,13 @@ def valid_ends(series_id: torch.Tensor, bad: torch.Tensor, window: int) -> torch
 class WindowDataset(Dataset):
     """Windows ending at `ends`; `__getitems__` fetches a whole batch in one gather.
 
-    features: (rows, F) inputs, scaled batch by batch by `scaler` (a RowScaler; None: as they are).  targets: (rows, H) scaled targets, row t
-    holding the H values after day t (NaN where unknown).  target_loc/scale: (rows,)
-    undo the target scaling.  baselines: name -> (rows, H) forecasts in original units
-    (see baselines.py), carried so the model is scored against them on the same
-    windows; risk_baselines: name -> (rows, H, n_params) forecast distributions (risk_baselines.py).  With `dense=True` a sample carries the target of
-    every step of its window (for losses over all steps), else of its last step.
+    features: (rows, F) inputs, scaled batch by batch by `scaler` (a RowScaler; None: used as
+    they are).  targets: (rows, H) scaled targets, row t holding the H values after day t (NaN
+    where unknown).  target_loc/scale: (rows,) undo the target scaling.  baselines: name ->
+    (rows, H) forecasts in original units (see baselines.py), carried so the model is scored
+    against them on the same windows; risk_baselines: name -> (rows, H, n_params) forecast
+    distributions (risk_baselines.py).  With `dense=True` a sample carries the target of every
+    step of its window (for losses over all steps), else of its last step.
     """
 
     def __init__(
