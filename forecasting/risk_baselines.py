@@ -5,7 +5,7 @@ For return targets, three distributions of the next return(s), scored like the m
 - empirical: the quantiles of the training targets (levels 0.005..0.995): no conditioning at all;
 - ewma: RiskMetrics (J.P. Morgan 1996): Gaussian, mean 0, variance s2[t+1] = 0.94 s2[t] + 0.06 r[t]^2;
 - garch: GARCH(1,1), constant mean, Gaussian innovations, fitted per ticker by maximum likelihood
-  on that ticker's training returns only (`fit_garch`: numpy and scipy, the model and conventions of
+  on that ticker's training returns only (garch.py: numpy and scipy, the model and conventions of
   the `arch` package, which tests/test_calibration.py checks it against), then run forward with the
   fitted parameters over every row: each forecast uses the returns up to its own day and nothing later.
 For log-variance targets GARCH's variance forecast, in logs, is a point baseline next to naive,
@@ -18,98 +18,20 @@ plain data in its state.
 """
 
 import math
-import warnings
 
 import numpy as np
 import pandas as pd
+import torch
 from lightning.pytorch.utilities import rank_zero_info
-from scipy.optimize import minimize  # scipy.optimize and scipy.signal: Lightning/torchmetrics import them anyway
-from scipy.signal import lfilter
+from scipy.signal import lfilter  # Lightning/torchmetrics import scipy anyway
+
+from forecasting import garch as garch_fit
 
 EWMA_LAMBDA = 0.94  # RiskMetrics' daily decay
 EMPIRICAL_LEVELS = tuple(float(v) for v in (np.arange(100) + 0.5) / 100)
 FAMILIES = {"empirical": ("quantiles", EMPIRICAL_LEVELS), "ewma": ("gaussian", None), "garch": ("gaussian", None)}
 MIN_GARCH_RETURNS = 100  # fewer training returns than this: no GARCH fit for the ticker
 GAP_ROWS = 1 << 20  # the log-variance gap is averaged this many rows at a time
-LOG_2PI = math.log(2 * math.pi)
-
-
-def _garch_terms(params, y, backcast):
-    """Residuals, conditional variances and the lagged squared residuals of a GARCH(1,1) with
-    constant mean on y: sigma2[t] = omega + alpha e[t-1]^2 + beta sigma2[t-1], e[-1]^2 = sigma2[-1] = backcast."""
-    mu, omega, alpha, beta = params
-    e = y - mu
-    e2_lag = np.empty_like(e)
-    e2_lag[0] = backcast
-    e2_lag[1:] = e[:-1] ** 2
-    sigma2 = lfilter([1.0], [1.0, -beta], omega + alpha * e2_lag, zi=[beta * backcast])[0]
-    return e, sigma2, e2_lag
-
-
-def _garch_nll(params, y, backcast):
-    """Gaussian negative log-likelihood of the GARCH(1,1) and its exact gradient (by the adjoint of the
-    linear variance filter): what arch's `arch_model(..., mean="Constant", vol="GARCH", dist="normal")` minimises."""
-    mu, omega, alpha, beta = params
-    e, sigma2, e2_lag = _garch_terms(params, y, backcast)
-    if not np.all(sigma2 > 0):
-        return np.inf, np.zeros(4)
-    nll = 0.5 * float(np.sum(LOG_2PI + np.log(sigma2) + e * e / sigma2))
-    g = 0.5 * (1.0 - e * e / sigma2) / sigma2  # d nll / d sigma2[t]
-    lam = lfilter([1.0], [1.0, -beta], g[::-1])[::-1]  # d nll / d (input of the filter at t)
-    s2_lag = np.empty_like(sigma2)
-    s2_lag[0] = backcast
-    s2_lag[1:] = sigma2[:-1]
-    d_mu = -float(np.sum(e / sigma2)) - 2.0 * alpha * float(lam[1:] @ e[:-1])
-    grad = np.array([d_mu, lam.sum(), lam @ e2_lag, lam @ s2_lag])
-    return nll, grad
-
-
-def fit_garch(returns: np.ndarray) -> list[float]:
-    """[mu, omega, alpha, beta] of a GARCH(1,1) fitted by maximum likelihood, in the returns' own units.
-
-    The model of arch's `arch_model(100 * r, mean="Constant", vol="GARCH", p=1, q=1, dist="normal")`
-    with its conventions: the recursion starts from the backcast (a 0.94-weighted mean of the first 75
-    squared residuals about the sample mean), its bounds (1e-8 v <= omega <= 10 v for v the mean squared
-    residual, 0 <= alpha, beta <= 1, alpha + beta <= 1), the best of its grid of starting values, SLSQP.
-    Two differences, neither in the model: the gradient is exact (arch's is numerical), and the returns
-    are standardised rather than put in percent (the model is scale-equivariant: mu scales with the
-    returns, omega with their square), so the optimiser is equally well conditioned at any scale.
-    """
-    r = returns[np.isfinite(returns)].astype(float)
-    scale = float(np.sqrt(np.mean((r - r.mean()) ** 2)))
-    if not scale > 0:  # constant returns: no variance to model
-        return [float(r.mean()), 0.0, 0.0, 0.0]
-    y = r / scale
-    resids = y - y.mean()
-    tau = min(75, len(y))
-    w = 0.94 ** np.arange(tau)
-    backcast = float(np.sum(resids[:tau] ** 2 * (w / w.sum())))
-    v = float(np.mean(resids**2))  # 1 up to rounding
-    starts = [
-        np.array([y.mean(), (1 - persistence) * v, alpha, persistence - alpha])
-        for alpha in (0.01, 0.05, 0.1, 0.2)
-        for persistence in (0.5, 0.7, 0.9, 0.98)
-    ]
-    start = min(starts, key=lambda p: _garch_nll(p, y, backcast)[0])
-    bounds = [(-1e3, 1e3), (1e-8 * v, 10 * v), (0.0, 1.0), (0.0, 1.0)]  # a mean 1000 sd out: none
-    stationary = {"type": "ineq", "fun": lambda p: 1.0 - p[2] - p[3], "jac": lambda p: np.array([0.0, 0.0, -1.0, -1.0])}
-    with warnings.catch_warnings():
-        # SLSQP may step just outside the bounds while it searches; the answer is clipped to them.
-        warnings.filterwarnings("ignore", "Values in x were outside bounds", RuntimeWarning)
-        found = minimize(
-            _garch_nll,
-            start,
-            args=(y, backcast),
-            jac=True,
-            method="SLSQP",
-            bounds=bounds,
-            constraints=[stationary],
-            options={"ftol": 1e-10, "maxiter": 200},
-        )
-    # A short or quiet series may stop the optimiser early: the estimate is still the best it found.
-    best = found.x if np.isfinite(found.fun) and found.fun <= _garch_nll(start, y, backcast)[0] else start
-    mu, omega, alpha, beta = (float(np.clip(p, lo, hi)) for p, (lo, hi) in zip(best, bounds, strict=True))
-    return [mu * scale, omega * scale**2, alpha, beta]
 
 
 def fit(returns, ticker, train_rows, targets, in_train, target_kind: str) -> dict | None:
@@ -124,19 +46,22 @@ def fit(returns, ticker, train_rows, targets, in_train, target_kind: str) -> dic
     names, spans = runs(ticker)
     if target_kind == "return":
         params["empirical"] = np.quantile(targets[in_train], EMPIRICAL_LEVELS, axis=0).T.tolist()  # (H, 100)
-    garch, short = {}, []
+    fits, short = {}, []
     for t, (a, b) in zip(names, spans, strict=True):  # each ticker's finite training returns, one at a time
         r = np.asarray(returns[a:b], dtype=np.float64)[train_rows[a:b]]
         r = r[np.isfinite(r)]
         params["var0"][t] = float(r.var()) if len(r) > 1 else float("nan")
         if len(r) >= MIN_GARCH_RETURNS:
-            garch[t] = fit_garch(r)
+            fits[t] = r
         else:
             short.append(t)
     if short:
         rank_zero_info(f"GARCH baseline skipped: tickers {sorted(short)} have < {MIN_GARCH_RETURNS} training returns")
         return params
-    params["garch"] = garch
+    # One maximum-likelihood fit per ticker, on every CPU this process may use (one under DDP, whose
+    # other ranks use the others).
+    ranks = torch.distributed.is_available() and torch.distributed.is_initialized()
+    params["garch"] = dict(zip(fits, garch_fit.fit_many(list(fits.values()), 1 if ranks else None), strict=True))
     if target_kind == "log_variance":
         log_var = garch_variance(returns, ticker, params, targets.shape[1], shift=0.0)
         total, count = np.zeros(targets.shape[1]), np.zeros(targets.shape[1])

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from forecasting import calibration, risk_baselines
+from forecasting import calibration, garch, risk_baselines
 from forecasting.calibration import Forecast
 from forecasting.data.datamodule import PriceDataModule
 from tests.conftest import dm_kwargs, make_prices
@@ -103,7 +103,7 @@ def test_garch_fit_recovers_known_parameters():
     for t in range(n):
         r[t] = math.sqrt(v) * rng.standard_normal()
         v = omega + alpha * r[t] ** 2 + beta * v
-    mu, w, a, b = risk_baselines.fit_garch(r)
+    mu, w, a, b = garch.fit_garch(r)
     assert abs(a - alpha) < 0.04 and abs(b - beta) < 0.05 and abs(mu) < 5e-4
 
 
@@ -123,7 +123,7 @@ def garch_loglik(params, r):
     w = 0.94 ** np.arange(min(75, len(y)))
     backcast = float(np.sum(resid[: len(w)] ** 2 * w / w.sum()))
     mu, omega, alpha, beta = params[0] * 100, params[1] * 1e4, params[2], params[3]
-    return -risk_baselines._garch_nll(np.array([mu, omega, alpha, beta]), y, backcast)[0]
+    return -garch._garch_nll(np.array([mu, omega, alpha, beta]), y, backcast)[0]
 
 
 @pytest.mark.parametrize(
@@ -132,7 +132,7 @@ def garch_loglik(params, r):
 def test_garch_fit_matches_arch(seed, n, alpha, beta):
     arch = pytest.importorskip("arch")
     r = simulate_garch(n, seed, alpha=alpha, beta=beta)
-    ours = risk_baselines.fit_garch(r)
+    ours = garch.fit_garch(r)
     fitted = arch.arch_model(r * 100, mean="Constant", vol="GARCH", p=1, q=1, dist="normal", rescale=False)
     fitted = fitted.fit(disp="off")
     theirs = [
@@ -150,11 +150,11 @@ def test_garch_fit_matches_arch(seed, n, alpha, beta):
 def test_garch_gradient_is_exact():
     r = simulate_garch(500, seed=4) * 100
     params, backcast = np.array([0.03, 0.02, 0.08, 0.9]), float(np.mean(r[:75] ** 2))
-    _, grad = risk_baselines._garch_nll(params, r, backcast)
+    _, grad = garch._garch_nll(params, r, backcast)
     for k in range(4):
         step = np.zeros(4)
         step[k] = 1e-6
-        up, down = (risk_baselines._garch_nll(params + s, r, backcast)[0] for s in (step, -step))
+        up, down = (garch._garch_nll(params + s, r, backcast)[0] for s in (step, -step))
         assert grad[k] == pytest.approx((up - down) / 2e-6, rel=1e-5)
 
 
@@ -204,3 +204,17 @@ def test_variance_recursions_equal_the_reference_loop():
         assert np.isnan(ours[ticker == "NEW"]).all() and np.isnan(ours[ticker == "CCC"]).all()
         assert (ours[ticker == "ALLNAN"] == 2e-4).all()
         assert np.isfinite(ours[(ticker == "AAA") | (ticker == "BBB")]).all()
+
+
+def test_many_garch_fits_in_worker_processes_equal_the_fits_one_by_one():
+    rng = np.random.default_rng(7)
+    series = []
+    for k in range(garch.PARALLEL_FITS + 6):  # enough fits for the worker processes
+        var, r = 1e-4, np.empty(300)
+        for t in range(300):
+            r[t] = np.sqrt(var) * rng.standard_normal()
+            var = 1e-6 + (0.05 + 0.002 * (k % 10)) * r[t] ** 2 + 0.9 * var
+        series.append(r)
+    one_by_one = [garch.fit_garch(r) for r in series]
+    assert garch.fit_many(series, workers=2) == one_by_one  # the same numbers, not just close
+    assert garch.fit_many(series[:3], workers=2) == one_by_one[:3]  # few fits: in this process

@@ -55,3 +55,10 @@ def test_the_imports_are_frozen_out_of_garbage_collection_and_it_runs_on(monkeyp
     # The command ran with the collector on, and every object the imports made (this process's modules:
     # hundreds of thousands) in the permanent generation, which no collection scans.
     assert seen["enabled"] and seen["frozen"] > 100_000
+
+
+def test_a_spawned_process_importing_the_main_module_does_not_run_the_cli(capsys):
+    import runpy
+
+    runpy.run_module("forecasting.__main__", run_name="__mp_main__")  # what a spawned worker does
+    assert capsys.readouterr().out == ""
