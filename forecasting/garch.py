@@ -1,5 +1,5 @@
-"""GARCH(1,1) by maximum likelihood: the risk baselines' estimator (numpy and scipy only, so worker
-processes start in about a second: `fit_many` spreads many tickers' fits over the CPUs).
+"""GARCH(1,1) by maximum likelihood: the risk baselines' estimator (numpy and scipy only); `fit_many`
+spreads many tickers' fits over the CPUs.
 
 The model and conventions of the `arch` package (tests/test_calibration.py checks them against it).
 """
@@ -7,6 +7,7 @@ The model and conventions of the `arch` package (tests/test_calibration.py check
 import math
 import multiprocessing
 import os
+import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -16,7 +17,7 @@ from scipy.optimize import minimize
 from scipy.signal import lfilter
 
 LOG_2PI = math.log(2 * math.pi)
-PARALLEL_FITS = 64  # fewer fits than this: in this process (starting a worker takes about a second)
+PARALLEL_FITS = 64  # fewer fits than this: in this process (worker processes would cost more than they save)
 
 
 def _garch_terms(params, y, backcast):
@@ -98,15 +99,16 @@ def fit_garch(returns: np.ndarray) -> list[float]:
 
 
 def fit_many(series: list[np.ndarray], workers: int | None = None) -> list[list[float]]:
-    """fit_garch of each series, the same numbers in any case; for PARALLEL_FITS or more, in `workers`
-    processes (None: the CPUs this process may use). Workers are spawned, not forked: a fresh
-    interpreter, with none of torch's or Arrow's threads copied half-way through their work."""
+    """fit_garch of each series, the same numbers in any case; for PARALLEL_FITS or more on Linux, in
+    `workers` forked processes (None: the CPUs this process may use). Forked, not spawned: a spawned
+    worker would first import the caller's main script (a script without a __main__ guard would run
+    again in every worker); the workers only run numpy and scipy, none of the parent's threads."""
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if workers <= 1 or len(series) < PARALLEL_FITS:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    if workers <= 1 or len(series) < PARALLEL_FITS or not sys.platform.startswith("linux"):
         return [fit_garch(r) for r in series]
     try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
             return list(pool.map(fit_garch, series, chunksize=max(1, len(series) // (8 * workers))))
     except (OSError, BrokenProcessPool) as err:  # no worker could start here: the same fits, one by one
         warnings.warn(f"GARCH fits: worker processes failed ({err}); fitting in this process", stacklevel=2)
