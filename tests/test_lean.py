@@ -291,16 +291,18 @@ def test_the_model_reads_the_frames_own_features_scaled_batch_by_batch(tmp_path,
         assert column.dtype == np.float32 and np.shares_memory(column, x.numpy())
         np.testing.assert_array_equal(column, x.numpy()[:, j])
     assert frame["target"].dtype == np.float64  # the target keeps full precision
-    # a batch holds exactly float32((x - center) / scale) of each window's ticker, in float64
+    # a batch holds exactly (x - center) / scale of each window's ticker, in float32
     batch = train.__getitems__(list(range(0, len(train), 7)))
     tickers = list(dm.stats["tickers"])
     for k, end in enumerate(batch["row"].tolist()):
         rows = frame.iloc[end - dm.window + 1 : end + 1]
         g = 0 if tickers == ["*"] else tickers.index(rows["ticker"].iloc[-1])
-        center, scale = np.asarray(dm.stats["center"][g]), np.asarray(dm.stats["scale"][g])
-        raw = rows[[f"f:{n}" for n in RAW["features"]]].to_numpy().astype(np.float64)
-        expected = ((raw - center) / scale).astype(np.float32)
-        np.testing.assert_array_equal(batch["x"][k].numpy(), expected)
+        center, scale = (np.asarray(dm.stats[key][g], dtype=np.float32) for key in ("center", "scale"))
+        raw = rows[[f"f:{n}" for n in RAW["features"]]].to_numpy()
+        np.testing.assert_array_equal(batch["x"][k].numpy(), (raw - center) / scale)
+        # and within float32 rounding of the scaling in float64
+        exact = (raw.astype(np.float64) - dm.stats["center"][g]) / dm.stats["scale"][g]
+        np.testing.assert_allclose(batch["x"][k].numpy(), exact, rtol=0, atol=2e-6)
 
 
 def test_a_raw_column_beyond_float32_is_refused_naming_its_row(tmp_path):

@@ -17,24 +17,24 @@ def window_view(values: torch.Tensor, window: int) -> torch.Tensor:
 
 
 class RowScaler:
-    """(x - center) / scale of gathered rows, computed in float64 and returned as float32: the
-    values a scaled copy of every row would hold, made batch by batch instead of once for the file.
+    """(x - center) / scale of gathered rows, in float32: each batch is scaled as it is gathered,
+    instead of a scaled copy of every row (the unscaled rows are the data module's one copy).
     center, scale: (groups, F); one group (one scaler for all), or one per ticker, each row's group
     being `series_group[series[row]]`."""
 
     def __init__(self, center, scale, series: torch.Tensor | None = None, series_group: torch.Tensor | None = None):
-        self.center = torch.as_tensor(np.asarray(center, dtype=np.float64))
-        self.scale = torch.as_tensor(np.asarray(scale, dtype=np.float64))
+        self.center = torch.as_tensor(np.asarray(center, dtype=np.float32))
+        self.scale = torch.as_tensor(np.asarray(scale, dtype=np.float32))
         self.series, self.series_group = series, series_group
 
     def __call__(self, values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """values (..., F) gathered at `rows` (broadcastable to values.shape[:-1]): scaled."""
+        """values (..., F) gathered at `rows` (broadcastable to values.shape[:-1]): scaled (a new tensor)."""
         if self.series is None:
             center, scale = self.center[0], self.scale[0]
         else:
             group = self.series_group[self.series[rows.long()].long()]
             center, scale = self.center[group], self.scale[group]
-        return ((values.double() - center) / scale).float()
+        return torch.sub(values, center).div_(scale)
 
 
 def valid_ends(series_id: torch.Tensor, bad: torch.Tensor, window: int) -> torch.Tensor:
