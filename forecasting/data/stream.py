@@ -98,7 +98,7 @@ class StreamDataset(Dataset):
         real = offset[None, :] < length[:, None]
         rows = (start[:, None] + offset[None, :]).clamp(max=len(self.x) - 1)
         rows = torch.where(real, rows, 0)
-        x = self.x[rows] if self.scaler is None else self.scaler(self.x[rows], rows)
+        x = self.x[rows] if self.scaler is None else self.scaler(self.x[rows], rows, inplace=True)
         x = torch.where(real[..., None], x, 0.0)  # padding: zeros (row 0 may hold NaN)
         y = torch.where(real[..., None], self.y[rows], 0.0)
         last = rows.gather(1, (length - 1).clamp(min=0)[:, None])[:, 0]

@@ -27,14 +27,15 @@ class RowScaler:
         self.scale = torch.as_tensor(np.asarray(scale, dtype=np.float32))
         self.series, self.series_group = series, series_group
 
-    def __call__(self, values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """values (..., F) gathered at `rows` (broadcastable to values.shape[:-1]): scaled (a new tensor)."""
+    def __call__(self, values: torch.Tensor, rows: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """values (..., F) gathered at `rows` (broadcastable to values.shape[:-1]): scaled, as a new
+        tensor (`inplace`: in `values` itself, a gathered copy of the rows, never a view of them)."""
         if self.series is None:
             center, scale = self.center[0], self.scale[0]
         else:
             group = self.series_group[self.series[rows.long()].long()]
             center, scale = self.center[group], self.scale[group]
-        return torch.sub(values, center).div_(scale)
+        return (values.sub_(center) if inplace else torch.sub(values, center)).div_(scale)
 
 
 def valid_ends(series_id: torch.Tensor, bad: torch.Tensor, window: int) -> torch.Tensor:
@@ -79,9 +80,9 @@ class WindowDataset(Dataset):
     def __getitems__(self, indices) -> dict[str, torch.Tensor]:
         end = self.ends[torch.as_tensor(indices, dtype=torch.long)].long()  # ends may be stored as int32
         start = end - (self.window - 1)
-        x = self.x[start]
+        x = self.x[start]  # a gathered copy: scaled in place
         return {
-            "x": x if self.scaler is None else self.scaler(x, end[:, None]),
+            "x": x if self.scaler is None else self.scaler(x, end[:, None], inplace=True),
             "y": self.y[start] if self.dense else self.y[end],
             "y_loc": self.target_loc[end, None],
             "y_scale": self.target_scale[end, None],
