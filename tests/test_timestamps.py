@@ -170,3 +170,15 @@ def test_random_timestamps_never_leak_and_predict_rows_are_unique(tmp_path, freq
     assert not described.duplicated(["date", "ticker"]).any()
     windows = dm.dataset("predict")
     assert torch.isfinite(windows.__getitems__(list(range(len(windows))))["x"]).all()
+
+
+@pytest.mark.parametrize("zone", [None, "America/New_York"], ids=["naive", "zoned"])
+def test_a_missing_time_in_a_parquet_file_is_named_as_missing(tmp_path, zone):
+    frame = make_prices(80, ("AAA", "BBB"))
+    frame["date"] = pd.to_datetime(frame["date"])
+    if zone:
+        frame["date"] = frame["date"].dt.tz_localize(zone)
+    frame.loc[3, "date"] = pd.NaT  # a null cell, not a mix of offsets
+    frame.to_parquet(tmp_path / "p.parquet")
+    with pytest.raises(ForecastingError, match=r"row 4, column 'date': the time is missing; fill in or remove the row$"):
+        PriceDataModule(**dm_kwargs(tmp_path / "p.parquet")).setup("fit")

@@ -190,6 +190,10 @@ def parse_times(
     bad = np.flatnonzero(times.isna().to_numpy())
     if len(bad):
         i = int(bad[0])
+        if pd.isna(values.iloc[i]):  # an empty cell of a Parquet time column: nothing to parse
+            raise ForecastingError(
+                f"{path}: {where(path, int(line[i]))}, column '{column}': the time is missing; fill in or remove the row"
+            )
         text = values.astype(str)
         offsets = text.str.strip().str.contains(OFFSET)
         mixed = 0 < int(offsets.sum()) < len(text)
