@@ -180,5 +180,5 @@ def test_a_missing_time_in_a_parquet_file_is_named_as_missing(tmp_path, zone):
         frame["date"] = frame["date"].dt.tz_localize(zone)
     frame.loc[3, "date"] = pd.NaT  # a null cell, not a mix of offsets
     frame.to_parquet(tmp_path / "p.parquet")
-    with pytest.raises(ForecastingError, match=r"row 4, column 'date': the time is missing; fill in or remove the row$"):
+    with pytest.raises(ForecastingError, match=r"row 4, column 'date': the time is missing; fill in or remove the row"):
         PriceDataModule(**dm_kwargs(tmp_path / "p.parquet")).setup("fit")

@@ -191,9 +191,8 @@ def parse_times(
     if len(bad):
         i = int(bad[0])
         if pd.isna(values.iloc[i]):  # an empty cell of a Parquet time column: nothing to parse
-            raise ForecastingError(
-                f"{path}: {where(path, int(line[i]))}, column '{column}': the time is missing; fill in or remove the row"
-            )
+            at = where(path, int(line[i]))
+            raise ForecastingError(f"{path}: {at}, column '{column}': the time is missing; fill in or remove the row")
         text = values.astype(str)
         offsets = text.str.strip().str.contains(OFFSET)
         mixed = 0 < int(offsets.sum()) < len(text)
