@@ -685,7 +685,7 @@ class PriceDataModule(ForecastData):
             unknown = sorted(set(frame["ticker"].cat.categories) - set(known))
             if unknown:
                 raise ForecastingError(f"tickers {unknown} were not in training; scale_per_ticker needs known tickers")
-            starts = np.flatnonzero(np.r_[True, series[1:] != series[:-1]]) if n else np.zeros(0, np.int64)
+            starts = ticker_runs(frame)[0]  # series i starts at starts[i]: one run per ticker
             series_group = np.array([known[t] for t in frame["ticker"].array[starts]], dtype=np.int64)
             group = series_group[series]
             t_loc = torch.from_numpy(t_center[group].astype(np.float32))
